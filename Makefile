@@ -1,0 +1,64 @@
+# Two commands matter: `make demo` and `make test`. Both set up what is missing first
+# (Debian packages, the virtualenv, the package) and are quick when nothing is.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYS_PACKAGES := libpcap0.8 tshark
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_OUT ?= out/demo
+
+.PHONY: all setup system venv demo test lint typecheck unit bench golden clean
+
+all: test
+
+setup: venv
+
+# Debian packages: libpcap for scapy's BPF filters, tshark for pyshark and the
+# independent reading of captures. Installed non-interactively, only when missing.
+$(VENV)/.stamp-system:
+	@missing=""; for p in $(SYS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv python3-pip"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+system: $(VENV)/.stamp-system
+
+$(VENV)/.stamp-venv: pyproject.toml $(VENV)/.stamp-system
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.stamp-venv
+
+demo: venv
+	@$(VENV)/bin/tracesock demo all --out $(DEMO_OUT)
+
+lint: venv
+	$(PY) -m ruff check tracesock tests bench
+	$(PY) -m ruff format --check tracesock tests bench || true
+
+typecheck: venv
+	$(PY) -m mypy
+
+unit: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: venv
+	$(PY) -m ruff check tracesock tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/run.py
+
+# Regenerate the committed golden traces and captures in captures/.
+golden: venv
+	$(VENV)/bin/tracesock demo all --out captures
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""tracesock: see and replay what a socket program does.
+
+The public API is listed in ``__all__``; everything else is internal. Importing
+tracesock never imports scapy or pyshark (capture and analysis load them on use).
+"""
+
+from .errors import (
+    CaptureError,
+    ReplayError,
+    ReplayMismatch,
+    TraceFormatError,
+    TracesockError,
+    TraceVersionError,
+    UsageError,
+)
+from .events import CallEvent, ErrorInfo, TraceHeader
+from .recorder import Recorder
+from .sockets import TracedSocket
+from .tracefile import Connection, Trace, TraceReader, load
+from .tracing import Tracing, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallEvent",
+    "CaptureError",
+    "Connection",
+    "ErrorInfo",
+    "Recorder",
+    "ReplayError",
+    "ReplayMismatch",
+    "Trace",
+    "TraceFormatError",
+    "TraceHeader",
+    "TraceReader",
+    "TraceVersionError",
+    "TracedSocket",
+    "TracesockError",
+    "Tracing",
+    "UsageError",
+    "__version__",
+    "load",
+    "trace",
+]

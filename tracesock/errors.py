@@ -1,0 +1,37 @@
+"""The one exception hierarchy of tracesock.
+
+Every error tracesock raises on purpose is a ``TracesockError``: the CLI prints its
+message on one line and exits non-zero, library users can catch the base class.
+Errors raised by the traced program's own sockets are never wrapped: tracing
+re-raises them unchanged.
+"""
+
+from __future__ import annotations
+
+
+class TracesockError(Exception):
+    """Base class: a clear, one-line message saying what was wrong and where."""
+
+
+class TraceFormatError(TracesockError):
+    """A trace file is malformed (the message names file and line)."""
+
+
+class TraceVersionError(TraceFormatError):
+    """A trace file has a format version this tracesock does not read."""
+
+
+class UsageError(TracesockError):
+    """The command line or an API call asked for something impossible."""
+
+
+class CaptureError(TracesockError):
+    """Packet capture could not be started or written."""
+
+
+class ReplayError(TracesockError):
+    """Replay could not go on: no recorded connection matches, the recording lacks data..."""
+
+
+class ReplayMismatch(ReplayError):
+    """What the code under test sent differs from what was recorded."""

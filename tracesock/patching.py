@@ -1,0 +1,29 @@
+"""The one place that swaps ``socket.socket``.
+
+While a trace is active, ``socket.socket`` is a TracedSocket subclass bound to that
+trace's recorder, so everything that builds sockets through the module attribute
+(``socket.create_connection``, ``socketpair``, ``fromfd``, ``http.client``,
+``socketserver``, ``asyncio``, ``ftplib``, ``smtplib``...) is traced. The original class
+is put back in ``finally``, whatever the block raised.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .recorder import Recorder
+from .sockets import TracedSocket
+
+
+@contextmanager
+def socket_class_patched(recorder: Recorder) -> Iterator[type[TracedSocket]]:
+    """Replace ``socket.socket`` with a class recording into ``recorder``."""
+    original = socket.socket
+    stand_in = TracedSocket.bound_to(recorder, stand_in=True)
+    socket.socket = stand_in  # type: ignore[misc]
+    try:
+        yield stand_in
+    finally:
+        socket.socket = original  # type: ignore[misc]

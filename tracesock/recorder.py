@@ -1,0 +1,275 @@
+"""Turns socket-call facts into trace records and hands them, encoded, to a sink.
+
+This is the I/O-free core of tracing: it never touches a socket. ``sockets.py`` measures
+a call and reports what happened; the recorder numbers it (``seq``), stamps it against
+its own injected monotonic clock, applies the payload policy (off, capped, redacted)
+and writes one JSON line. A lock makes numbering and writing one step, so ``seq`` is
+strictly increasing in the file even with many threads.
+
+Tracing must never change the traced program: nothing here raises into a socket
+method. If writing fails (disk full, output gone), the recorder warns once on stderr,
+stops recording and lets the program run on; everything already written stays.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from . import events
+from .sink import Sink, open_sink
+
+Clock = Callable[[], float]
+Warn = Callable[[str], None]
+
+_OPTS = orjson.OPT_APPEND_NEWLINE
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"hex": bytes(obj).hex()}
+    return repr(obj)
+
+
+def _stderr_warn(message: str) -> None:
+    try:
+        sys.stderr.write(f"tracesock: warning: {message}\n")
+        sys.stderr.flush()
+    except Exception:  # noqa: S110 - a warning must never break the program
+        pass
+
+
+class Recorder:
+    """Records socket calls into one trace.
+
+    Build it with :meth:`open` for a file, or pass any :class:`~tracesock.sink.Sink`.
+    ``clock`` must be monotonic; ``wall`` gives the epoch time matching the clock's
+    zero (it lets captures, stamped in wall time, be joined with calls).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        payload: bool = True,
+        max_payload: int | None = None,
+        redact: Iterable[str] = (),
+        argv: Iterable[str] | None = None,
+        clock: Clock = time.perf_counter,
+        wall: Callable[[], float] = time.time,
+        warn: Warn = _stderr_warn,
+        header: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_payload is not None and max_payload < 0:
+            raise ValueError("max_payload must be >= 0")
+        self._sink: Sink | None = sink
+        self._clock = clock
+        self._warn = warn
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._next_id = 0
+        self._lost = 0
+        self.payload = payload
+        self.max_payload = max_payload
+        self._redact = [re.compile(p.encode("utf-8")) for p in redact]
+        epoch = wall()
+        self._t0 = clock()
+        head: dict[str, Any] = {
+            "type": "trace",
+            "format": events.FORMAT,
+            "version": events.VERSION,
+            "started": datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(),
+            "epoch": epoch,
+            "pid": os.getpid(),
+            "argv": list(sys.argv if argv is None else argv),
+            "python": platform.python_version(),
+            "platform": sys.platform,
+            "payload": payload,
+            "max_payload": max_payload,
+            "redacted": len(self._redact),
+        }
+        if header:
+            head.update(header)
+        self._write_now(orjson.dumps(head, default=_json_default, option=_OPTS))
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
+
+    @classmethod
+    def open(cls, path: str, **options: Any) -> Recorder:
+        """Create ``path`` (mode 0600) and record into it."""
+        return cls(open_sink(path), **options)
+
+    # -- identities ---------------------------------------------------------------------
+
+    def new_id(self) -> int:
+        with self._lock:
+            self._next_id += 1
+            return self._next_id
+
+    @property
+    def closed(self) -> bool:
+        return self._sink is None
+
+    @property
+    def events_written(self) -> int:
+        return self._seq
+
+    @property
+    def lost(self) -> int:
+        return self._lost
+
+    # -- building records ---------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    def event(self, sock: int, op: str, start: float, fields: dict[str, Any]) -> None:
+        """A call that finished normally. ``fields`` holds op-specific keys."""
+        end = self._clock()
+        ev = {
+            "type": "call",
+            "seq": 0,
+            "t": start - self._t0,
+            "dur": end - start,
+            "sock": sock,
+            "op": op,
+            "thread": threading.get_ident(),
+        }
+        ev.update(fields)
+        self._emit(ev)
+
+    def transfer(
+        self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Mapping[str, Any]
+    ) -> None:
+        """A send/recv that moved ``nbytes``; ``data`` is the buffer (or None)."""
+        end = self._clock()
+        ev: dict[str, Any] = {
+            "type": "call",
+            "seq": 0,
+            "t": start - self._t0,
+            "dur": end - start,
+            "sock": sock,
+            "op": op,
+            "thread": threading.get_ident(),
+            "args": args,
+            "nbytes": nbytes,
+        }
+        if self.payload and data is not None:
+            self._add_payload(ev, data, nbytes)
+        self._emit(ev)
+
+    def failure(
+        self, sock: int, op: str, start: float, exc: BaseException, fields: dict[str, Any]
+    ) -> None:
+        """A call that raised ``exc`` (the caller re-raises it unchanged)."""
+        end = self._clock()
+        err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+        errno = getattr(exc, "errno", None)
+        if isinstance(errno, int):
+            err["errno"] = errno
+        ev = {
+            "type": "call",
+            "seq": 0,
+            "t": start - self._t0,
+            "dur": end - start,
+            "sock": sock,
+            "op": op,
+            "thread": threading.get_ident(),
+        }
+        ev.update(fields)
+        ev["error"] = err
+        self._emit(ev)
+
+    def _add_payload(self, ev: dict[str, Any], data: Any, nbytes: int) -> None:
+        raw = bytes(data[:nbytes]) if len(data) != nbytes else bytes(data)
+        for pattern in self._redact:
+            raw = pattern.sub(lambda m: b"*" * len(m.group()), raw)
+        cap = self.max_payload
+        if cap is not None and len(raw) > cap:
+            raw = raw[:cap]
+            ev["truncated"] = True
+        ev["data"] = events.encode_data(raw)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _emit(self, ev: dict[str, Any]) -> None:
+        try:
+            line = orjson.dumps(ev, default=_json_default, option=_OPTS)
+        except Exception as exc:  # a value orjson refuses: keep the event, lose the field
+            ev = {k: (v if k in ("type", "seq", "t", "dur", "sock", "op") else repr(v))
+                  for k, v in ev.items()}
+            ev["encode_error"] = str(exc)
+            line = orjson.dumps(ev, option=_OPTS)
+        with self._lock:
+            sink = self._sink
+            if sink is None:
+                self._lost += 1
+                return
+            self._seq += 1
+            seq = self._seq
+            # "seq" was a placeholder 0; splice the real number in without re-encoding.
+            line = line.replace(b'"seq":0,', b'"seq":%d,' % seq, 1)
+            try:
+                sink.write(line)
+            except Exception as exc:
+                self._seq -= 1
+                self._fail(exc)
+
+    def _write_now(self, line: bytes) -> None:
+        assert self._sink is not None
+        self._sink.write(line)
+
+    def _fail(self, exc: BaseException) -> None:
+        sink, self._sink = self._sink, None
+        self._lost += 1
+        if sink is not None:
+            try:
+                sink.close()
+            except Exception:  # noqa: S110 - already failing; keep what was written
+                pass
+        self._warn(f"cannot write the trace any more ({exc}); tracing stopped, "
+                   "the program runs on and the trace so far is kept")
+
+    def close(self) -> None:
+        """Write the ``end`` record and close the file. Idempotent."""
+        with self._lock:
+            sink, self._sink = self._sink, None
+            if sink is None:
+                return
+            end = {"type": "end", "t": self._clock() - self._t0, "events": self._seq,
+                   "lost": self._lost}
+            try:
+                sink.write(orjson.dumps(end, option=_OPTS))
+                sink.close()
+            except Exception as exc:
+                self._warn(f"cannot finish the trace ({exc})")
+
+    def _in_forked_child(self) -> None:
+        # The child shares the parent's mapping: writing into it would interleave with
+        # the parent's lines. Drop the child's copy; the parent's trace stays intact.
+        self._lock = threading.Lock()
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.abandon()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _after_fork_in_child(ref: weakref.ref[Recorder]) -> None:
+    rec = ref()
+    if rec is not None:
+        rec._in_forked_child()

@@ -1,0 +1,490 @@
+"""TracedSocket: a ``socket.socket`` subclass that reports every call to a Recorder.
+
+It is a thin adapter: each wrapped method reads the clock, calls the real method,
+and tells the recorder what came back (or what was raised, which is then re-raised
+unchanged). Every wrapped method is listed here; anything not listed is inherited
+untouched from ``socket.socket`` (no ``__getattr__`` catch-all).
+
+``makefile()`` objects read and write through ``recv_into``/``send`` on the socket, so
+those calls are traced as the calls they really are. ``close()`` while makefile objects
+still hold the descriptor is recorded with ``"fd_closed": false``, and the later real
+close of the descriptor as a ``close_fd`` event (the lecture notes' point that
+``close()`` does not always close).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import UsageError
+from .recorder import Recorder
+
+_socket_close = socket.socket.close
+_ORIGINAL_SOCKET = socket.socket
+
+_SHUT = {socket.SHUT_RD: "SHUT_RD", socket.SHUT_WR: "SHUT_WR", socket.SHUT_RDWR: "SHUT_RDWR"}
+
+
+def _option_names() -> dict[int, dict[int, str]]:
+    levels = {
+        socket.SOL_SOCKET: "SO_",
+        socket.IPPROTO_TCP: "TCP_",
+        socket.IPPROTO_IP: "IP_",
+        socket.IPPROTO_IPV6: "IPV6_",
+    }
+    table: dict[int, dict[int, str]] = {level: {} for level in levels}
+    for name in sorted(dir(socket)):
+        for level, prefix in levels.items():
+            value = getattr(socket, name)
+            if name.startswith(prefix) and isinstance(value, int):
+                table[level].setdefault(value, name)
+    return table
+
+
+_OPT_NAMES = _option_names()
+_LEVEL_NAMES = {socket.SOL_SOCKET: "SOL_SOCKET", socket.IPPROTO_TCP: "IPPROTO_TCP",
+                socket.IPPROTO_IP: "IPPROTO_IP", socket.IPPROTO_IPV6: "IPPROTO_IPV6"}
+
+
+def _enum_name(value: Any) -> Any:
+    name = getattr(value, "name", None)
+    return name if name is not None else value
+
+
+def _nbytes(data: Any) -> int:
+    try:
+        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    except TypeError:
+        return 0
+
+
+def _payload(data: Any) -> Any:
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        return None
+
+
+class _StandInMeta(type):
+    """While tracing, ``isinstance(x, socket.socket)`` must keep meaning the real class."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        if cls.__dict__.get("_ts_stand_in", False):
+            return isinstance(obj, _ORIGINAL_SOCKET)
+        return type.__instancecheck__(cls, obj)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        if cls.__dict__.get("_ts_stand_in", False):
+            return issubclass(sub, _ORIGINAL_SOCKET)
+        return type.__subclasscheck__(cls, sub)
+
+
+class TracedSocket(socket.socket, metaclass=_StandInMeta):
+    """Drop-in ``socket.socket`` that records every call.
+
+    ``TracedSocket(AF_INET, SOCK_STREAM, recorder=rec)`` records into ``rec``. Inside
+    ``tracesock.trace()`` every ``socket.socket(...)`` is already a TracedSocket bound to
+    that trace's recorder, so existing code needs no change.
+    """
+
+    __slots__ = ("_ts_close_pending", "_ts_id", "_ts_rec")
+    _ts_recorder: Recorder | None = None
+    _ts_stand_in = False
+
+    def __init__(
+        self,
+        family: int = -1,
+        type: int = -1,
+        proto: int = -1,
+        fileno: int | None = None,
+        *,
+        recorder: Recorder | None = None,
+        _parent: int | None = None,
+    ) -> None:
+        rec = recorder if recorder is not None else self._ts_recorder
+        if rec is None:
+            raise UsageError(
+                "TracedSocket needs a recorder: pass recorder=tracesock.Recorder.open(path) "
+                "or create sockets inside 'with tracesock.trace(path):'"
+            )
+        self._ts_rec = rec
+        self._ts_id = sid = rec.new_id()
+        self._ts_close_pending = False
+        start = rec.now()
+        try:
+            super().__init__(family, type, proto, fileno)
+        except BaseException as exc:
+            rec.failure(sid, "socket", start,
+                        exc, {"args": {"family": family, "type": type, "proto": proto}})
+            raise
+        fields: dict[str, Any] = {"fd": self.fileno(), "family": _enum_name(self.family),
+                                  "kind": _enum_name(self.type), "proto": self.proto}
+        if fileno is not None:
+            fields["laddr"] = self._ts_name(self.getsockname)
+            fields["raddr"] = self._ts_name(self.getpeername)
+        if _parent is not None:
+            fields["parent"] = _parent
+        rec.event(sid, "socket", start, fields)
+
+    @classmethod
+    def bound_to(cls, recorder: Recorder, *, stand_in: bool = False) -> type[TracedSocket]:
+        """A subclass whose sockets record into ``recorder`` without being told.
+
+        With ``stand_in`` it also impersonates ``socket.socket`` (name, module,
+        isinstance checks) for the time it replaces it.
+        """
+        attrs: dict[str, Any] = {"__slots__": (), "_ts_recorder": recorder,
+                                 "_ts_stand_in": stand_in}
+        if stand_in:
+            attrs.update(__module__="socket", __qualname__="socket")
+            return _StandInMeta("socket", (cls,), attrs)
+        return _StandInMeta(cls.__name__, (cls,), attrs)
+
+    @property
+    def trace_id(self) -> int:
+        """This socket's id in the trace (the ``sock`` field of its events)."""
+        return self._ts_id
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _ts_name(getter: Any) -> Any:
+        try:
+            return getter()
+        except OSError:
+            return None
+
+    def _ts_addrs(self) -> dict[str, Any]:
+        return {"laddr": self._ts_name(self.getsockname),
+                "raddr": self._ts_name(self.getpeername)}
+
+    # -- connection set-up --------------------------------------------------------------
+
+    def connect(self, address: Any, /) -> None:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            super().connect(address)
+        except BaseException as exc:
+            fields = {"args": {"address": address}, "laddr": self._ts_name(self.getsockname)}
+            rec.failure(self._ts_id, "connect", start, exc, fields)
+            raise
+        rec.event(self._ts_id, "connect", start, {"args": {"address": address},
+                                                   **self._ts_addrs()})
+
+    def connect_ex(self, address: Any, /) -> int:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            code = super().connect_ex(address)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "connect_ex", start, exc, {"args": {"address": address}})
+            raise
+        fields: dict[str, Any] = {"args": {"address": address}, "result": code,
+                                  **self._ts_addrs()}
+        if code:
+            fields["error"] = {"type": "errno", "errno": code,
+                               "message": os.strerror(code),
+                               "name": errno.errorcode.get(code, str(code))}
+        rec.event(self._ts_id, "connect_ex", start, fields)
+        return code
+
+    def bind(self, address: Any, /) -> None:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            super().bind(address)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "bind", start, exc, {"args": {"address": address}})
+            raise
+        rec.event(self._ts_id, "bind", start,
+                  {"args": {"address": address}, "laddr": self._ts_name(self.getsockname)})
+
+    def listen(self, *backlog: int) -> None:
+        rec = self._ts_rec
+        start = rec.now()
+        args = {"backlog": backlog[0]} if backlog else {}
+        try:
+            super().listen(*backlog)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "listen", start, exc, {"args": args})
+            raise
+        rec.event(self._ts_id, "listen", start, {"args": args})
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        # Mirrors socket.socket.accept, building the accepted socket as a TracedSocket
+        # bound to the same recorder, with this socket as its parent.
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            fd, addr = self._accept()
+        except BaseException as exc:
+            rec.failure(self._ts_id, "accept", start, exc, {})
+            raise
+        sock = type(self)(self.family, self.type, self.proto, fileno=fd, recorder=rec,
+                          _parent=self._ts_id)
+        rec.event(self._ts_id, "accept", start,
+                  {"accepted": sock._ts_id, "fd": fd, "raddr": addr,
+                   "laddr": sock._ts_name(sock.getsockname)})
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)
+        return sock, addr
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            n = super().send(data, flags)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "send", start, exc, {"args": {"size": _nbytes(data)}})
+            raise
+        rec.transfer(self._ts_id, "send", start, n, _payload(data),
+                     {"flags": flags} if flags else {})
+        return n
+
+    def sendall(self, data: Any, flags: int = 0, /) -> None:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            super().sendall(data, flags)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "sendall", start, exc, {"args": {"size": _nbytes(data)}})
+            raise
+        rec.transfer(self._ts_id, "sendall", start, _nbytes(data), _payload(data),
+                     {"flags": flags} if flags else {})
+
+    def sendto(self, data: Any, flags_or_addr: Any, addr: Any = None, /) -> int:
+        rec = self._ts_rec
+        if addr is None:
+            flags, address = 0, flags_or_addr
+        else:
+            flags, address = flags_or_addr, addr
+        args: dict[str, Any] = {"address": address}
+        if flags:
+            args["flags"] = flags
+        start = rec.now()
+        try:
+            n = super().sendto(data, flags, address)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "sendto", start, exc, {"args": args})
+            raise
+        rec.transfer(self._ts_id, "sendto", start, n, _payload(data), args)
+        return n
+
+    def sendmsg(self, buffers: Iterable[Any], ancdata: Any = (), flags: int = 0,
+                address: Any = None, /) -> int:
+        rec = self._ts_rec
+        bufs = list(buffers)
+        args: dict[str, Any] = {"buffers": len(bufs)}
+        if flags:
+            args["flags"] = flags
+        if address is not None:
+            args["address"] = address
+        start = rec.now()
+        try:
+            if address is None:
+                n = super().sendmsg(bufs, ancdata, flags)
+            else:
+                n = super().sendmsg(bufs, ancdata, flags, address)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "sendmsg", start, exc, {"args": args})
+            raise
+        joined = b"".join(bytes(memoryview(b).cast("B")) for b in bufs) if rec.payload else None
+        rec.transfer(self._ts_id, "sendmsg", start, n, joined, args)
+        return n
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        rec = self._ts_rec
+        args: dict[str, Any] = {"offset": offset, "count": count}
+        start = rec.now()
+        try:
+            n = super().sendfile(file, offset, count)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "sendfile", start, exc, {"args": args})
+            raise
+        rec.transfer(self._ts_id, "sendfile", start, n, None, args)
+        return n
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            data = super().recv(bufsize, flags)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "recv", start, exc, {"args": {"bufsize": bufsize}})
+            raise
+        rec.transfer(self._ts_id, "recv", start, len(data), data,
+                     {"bufsize": bufsize, "flags": flags} if flags else {"bufsize": bufsize})
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+        rec = self._ts_rec
+        start = rec.now()
+        args: dict[str, Any] = {"bufsize": nbytes or _nbytes(buffer)}
+        if flags:
+            args["flags"] = flags
+        try:
+            n = super().recv_into(buffer, nbytes, flags)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "recv_into", start, exc, {"args": args})
+            raise
+        rec.transfer(self._ts_id, "recv_into", start, n,
+                     memoryview(buffer).cast("B")[:n] if rec.payload else None, args)
+        return n
+
+    def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
+        rec = self._ts_rec
+        start = rec.now()
+        args: dict[str, Any] = {"bufsize": bufsize}
+        if flags:
+            args["flags"] = flags
+        try:
+            data, address = super().recvfrom(bufsize, flags)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "recvfrom", start, exc, {"args": args})
+            raise
+        args["from"] = address
+        rec.transfer(self._ts_id, "recvfrom", start, len(data), data, args)
+        return data, address
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0,
+                      /) -> tuple[int, Any]:
+        rec = self._ts_rec
+        start = rec.now()
+        args: dict[str, Any] = {"bufsize": nbytes or _nbytes(buffer)}
+        if flags:
+            args["flags"] = flags
+        try:
+            n, address = super().recvfrom_into(buffer, nbytes, flags)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "recvfrom_into", start, exc, {"args": args})
+            raise
+        args["from"] = address
+        rec.transfer(self._ts_id, "recvfrom_into", start, n,
+                     memoryview(buffer).cast("B")[:n] if rec.payload else None, args)
+        return n, address
+
+    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0,
+                /) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
+        rec = self._ts_rec
+        start = rec.now()
+        args: dict[str, Any] = {"bufsize": bufsize}
+        if ancbufsize:
+            args["ancbufsize"] = ancbufsize
+        if flags:
+            args["flags"] = flags
+        try:
+            result = super().recvmsg(bufsize, ancbufsize, flags)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "recvmsg", start, exc, {"args": args})
+            raise
+        data, ancdata, msg_flags, address = result
+        args["msg_flags"] = msg_flags
+        if address is not None:
+            args["from"] = address
+        if ancdata:
+            args["ancdata"] = len(ancdata)
+        rec.transfer(self._ts_id, "recvmsg", start, len(data), data, args)
+        return result
+
+    # -- state and teardown -------------------------------------------------------------
+
+    def _ts_simple(self, op: str, args: dict[str, Any], call: Any, *call_args: Any) -> Any:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            result = call(*call_args)
+        except BaseException as exc:
+            rec.failure(self._ts_id, op, start, exc, {"args": args})
+            raise
+        rec.event(self._ts_id, op, start, {"args": args})
+        return result
+
+    def shutdown(self, how: int, /) -> None:
+        self._ts_simple("shutdown", {"how": _SHUT.get(how, how)}, super().shutdown, how)
+
+    def settimeout(self, value: float | None, /) -> None:
+        self._ts_simple("settimeout", {"timeout": value}, super().settimeout, value)
+
+    def setblocking(self, flag: bool, /) -> None:
+        self._ts_simple("setblocking", {"blocking": bool(flag)}, super().setblocking, flag)
+
+    def setsockopt(self, level: int, optname: int, value: Any, optlen: Any = None,
+                   /) -> None:
+        args: dict[str, Any] = {"level": _LEVEL_NAMES.get(level, level),
+                                "option": _OPT_NAMES.get(level, {}).get(optname, optname),
+                                "value": value}
+        if optlen is None:
+            self._ts_simple("setsockopt", args, super().setsockopt, level, optname, value)
+        else:
+            args["optlen"] = optlen
+            self._ts_simple("setsockopt", args, super().setsockopt, level, optname, value,
+                            optlen)
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, *,  # type: ignore[override]
+                 encoding: str | None = None, errors: str | None = None,
+                 newline: str | None = None) -> Any:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            result = super().makefile(mode, buffering, encoding=encoding, errors=errors,
+                                      newline=newline)
+        except BaseException as exc:
+            rec.failure(self._ts_id, "makefile", start, exc, {"args": {"mode": mode}})
+            raise
+        rec.event(self._ts_id, "makefile", start, {"args": {"mode": mode}})
+        return result
+
+    def detach(self) -> int:
+        fd: int = self._ts_simple("detach", {}, super().detach)
+        return fd
+
+    def dup(self) -> socket.socket:
+        rec = self._ts_rec
+        start = rec.now()
+        try:
+            fd = os.dup(self.fileno())
+        except BaseException as exc:
+            rec.failure(self._ts_id, "dup", start, exc, {})
+            raise
+        sock = type(self)(self.family, self.type, self.proto, fileno=fd, recorder=rec)
+        rec.event(self._ts_id, "dup", start, {"new": sock._ts_id, "fd": fd})
+        sock.settimeout(self.gettimeout())
+        return sock
+
+    def close(self) -> None:
+        rec = self._ts_rec
+        start = rec.now()
+        fd = self.fileno()
+        deferred = self._io_refs > 0
+        if deferred:
+            self._ts_close_pending = True
+        _socket_close(self)
+        rec.event(self._ts_id, "close", start, {"fd": fd, "fd_closed": not deferred})
+
+    def _decref_socketios(self) -> None:
+        # socket.socket calls self.close() here; record the release of the descriptor
+        # as what it is (close_fd), not as a second close() by the program.
+        if self._io_refs > 0:
+            self._io_refs -= 1
+        if self._closed:
+            rec = self._ts_rec
+            start = rec.now()
+            fd = self.fileno()
+            _socket_close(self)
+            if self._ts_close_pending and self._io_refs <= 0:
+                self._ts_close_pending = False
+                rec.event(self._ts_id, "close_fd", start, {"fd": fd})
+
+
+__all__ = ["TracedSocket"]

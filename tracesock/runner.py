@@ -25,7 +25,7 @@ from .errors import UsageError
 from .tracing import trace
 
 _HIDDEN = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
-           os.path.abspath(runpy.__file__))
+           os.path.abspath(runpy.__file__), "<frozen runpy>")
 
 
 def _default_output(args: argparse.Namespace) -> str:
@@ -36,8 +36,8 @@ def _default_output(args: argparse.Namespace) -> str:
 
 def _program_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
     """Drop the leading frames of tracesock and runpy, as if Python ran the script."""
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(
-            _HIDDEN):
+    while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(_HIDDEN) or
+                              os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_HIDDEN)):
         tb = tb.tb_next
     return tb
 

@@ -42,6 +42,11 @@ def _program_traceback(tb: types.TracebackType | None) -> types.TracebackType | 
     return tb
 
 
+def _excepthook(exc: BaseException) -> None:
+    tb = _program_traceback(exc.__traceback__)
+    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+
+
 def _check_script(path: str) -> None:
     try:
         with open(path, "rb"):
@@ -114,7 +119,7 @@ def run_program(args: argparse.Namespace) -> int:
     except SystemExit:
         raise
     except KeyboardInterrupt as exc:
-        sys.excepthook(type(exc), exc, _program_traceback(exc.__traceback__))
+        _excepthook(exc)
         atexit.unregister(finish)
         finish()
         sys.stdout.flush()
@@ -123,6 +128,6 @@ def run_program(args: argparse.Namespace) -> int:
         os.kill(os.getpid(), signal.SIGINT)
         return 130
     except BaseException as exc:
-        sys.excepthook(type(exc), exc, _program_traceback(exc.__traceback__))
+        _excepthook(exc)
         return 1
     return 0

@@ -40,7 +40,6 @@ demo: venv
 
 lint: venv
 	$(PY) -m ruff check tracesock tests bench
-	$(PY) -m ruff format --check tracesock tests bench || true
 
 typecheck: venv
 	$(PY) -m mypy

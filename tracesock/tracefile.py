@@ -105,6 +105,14 @@ class Trace:
         return conns
 
 
+def _is_json(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def _fail(path: str, lineno: int, what: str) -> TraceFormatError:
     return TraceFormatError(f"{path}:{lineno}: {what}")
 
@@ -185,16 +193,21 @@ class TraceReader:
         except OSError as exc:
             raise TraceFormatError(f"{path}: cannot read the trace: "
                                    f"{exc.strerror or exc}") from None
+        try:
+            self.header = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self) -> TraceHeader:
         first = self._file.readline()
         if not first.strip(b"\0 \r\n"):
-            self._file.close()
-            raise _fail(path, 1, "empty file, not a tracesock trace")
+            raise _fail(self.path, 1, "empty file, not a tracesock trace")
         try:
             obj = orjson.loads(first.rstrip(b"\0"))
         except orjson.JSONDecodeError:
-            self._file.close()
-            raise _fail(path, 1, "not a tracesock trace (line 1 is not JSON)") from None
-        self.header = parse_header(path, obj)
+            raise _fail(self.path, 1, "not a tracesock trace (line 1 is not JSON)") from None
+        return parse_header(self.path, obj)
 
     def __iter__(self) -> Iterator[CallEvent]:
         path = self.path
@@ -203,13 +216,12 @@ class TraceReader:
         with self._file as f:
             for line in f:
                 lineno += 1
-                if line.startswith(b"\0") or not line.endswith(b"\n"):
-                    stripped = line.rstrip(b"\0")
-                    if stripped.endswith(b"\n"):  # a whole line followed by padding
-                        line = stripped
-                    else:
-                        self._tail(f, lineno, stripped)
-                        return
+                if line.startswith(b"\0") or (not line.endswith(b"\n") and
+                                               (b"\0" in line or not _is_json(line))):
+                    # The end of the data: padding a killed writer left, maybe after a
+                    # line it did not finish. Only NUL bytes may follow.
+                    self._tail(f, lineno, line)
+                    return
                 try:
                     rec = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
@@ -233,9 +245,9 @@ class TraceReader:
             self.warnings.append(f"{path}: no end record: the traced process did not "
                                  "finish the trace (killed?); the events so far are kept")
 
-    def _tail(self, f: BinaryIO, lineno: int, partial: bytes) -> None:
-        rest = f.read()
-        if rest.strip(b"\0"):
+    def _tail(self, f: BinaryIO, lineno: int, line: bytes) -> None:
+        partial = line.rstrip(b"\0")
+        if b"\0" in partial or f.read().strip(b"\0"):
             raise _fail(self.path, lineno, "unexpected NUL bytes in the middle of the trace")
         if partial.strip():
             self.warnings.append(f"{self.path}:{lineno}: last line is incomplete (the traced "

@@ -57,7 +57,21 @@ def _check_script(path: str) -> None:
         raise UsageError(f"run: {path!r} is a folder without __main__.py")
 
 
-def _start_trace(args: argparse.Namespace, out: str) -> contextlib.ExitStack:
+def _check_module(name: str) -> None:
+    import importlib.util
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    finally:
+        del sys.path[0]
+    if spec is None:
+        raise UsageError(f"run: no module named {name!r}")
+
+
+def _start_trace(args: argparse.Namespace, out: str, argv: list[str]) -> contextlib.ExitStack:
     parent = os.path.dirname(out)
     if parent:
         try:
@@ -66,7 +80,8 @@ def _start_trace(args: argparse.Namespace, out: str) -> contextlib.ExitStack:
             raise UsageError(f"run: cannot create the folder of {out!r}: "
                              f"{exc.strerror or exc}") from None
     options: dict[str, Any] = {"payload": not args.no_payload,
-                               "max_payload": args.max_payload, "redact": args.redact}
+                               "max_payload": args.max_payload, "redact": args.redact,
+                               "argv": argv}
     if args.capture:
         options.update(capture=args.capture, capture_all=args.capture_all,
                        capture_required=args.capture_required)
@@ -92,8 +107,9 @@ def run_program(args: argparse.Namespace) -> int:
         _check_script(script)
     else:
         script, prog_args = args.module, list(args.target)
+        _check_module(args.module)
     out = args.output or _default_output(args)
-    stack = _start_trace(args, out)
+    stack = _start_trace(args, out, [script, *prog_args])
 
     def finish() -> None:
         stack.close()
@@ -109,13 +125,7 @@ def run_program(args: argparse.Namespace) -> int:
             runpy.run_path(script, run_name="__main__")
         else:
             sys.path[0] = os.getcwd()
-            try:
-                runpy.run_module(args.module, run_name="__main__", alter_sys=True)
-            except ImportError as exc:
-                if exc.name and args.module.startswith(exc.name) and \
-                        _program_traceback(exc.__traceback__) is None:
-                    raise UsageError(f"run: no module named {args.module!r}") from None
-                raise
+            runpy.run_module(args.module, run_name="__main__", alter_sys=True)
     except SystemExit:
         raise
     except KeyboardInterrupt as exc:

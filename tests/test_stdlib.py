@@ -12,7 +12,7 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -107,7 +107,7 @@ class _LineServer(socketserver.StreamRequestHandler):
     """Just enough FTP/SMTP to greet, answer and say goodbye."""
 
     greeting = b""
-    replies: dict[bytes, bytes] = {}
+    replies: ClassVar[dict[bytes, bytes]] = {}
 
     def handle(self) -> None:
         self.wfile.write(self.greeting)
@@ -120,13 +120,16 @@ class _LineServer(socketserver.StreamRequestHandler):
 
 class _Ftp(_LineServer):
     greeting = b"220 tracesock test ftp\r\n"
-    replies = {b"USER": b"331 password\r\n", b"PASS": b"230 in\r\n",
+    replies: ClassVar[dict[bytes, bytes]] = {b"USER": b"331 password\r\n", b"PASS": b"230 in\r\n",
                b"PWD": b'257 "/lecture"\r\n', b"QUIT": b"221 bye\r\n"}
 
 
 class _Smtp(_LineServer):
     greeting = b"220 tracesock test smtp\r\n"
-    replies = {b"EHLO": b"250-localhost\r\n250 8BITMIME\r\n", b"QUIT": b"221 bye\r\n"}
+    replies: ClassVar[dict[bytes, bytes]] = {
+        b"EHLO": b"250-localhost\r\n250 8BITMIME\r\n",
+        b"QUIT": b"221 bye\r\n",
+    }
 
 
 @pytest.fixture

@@ -123,12 +123,12 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, lines: list[str],
 def test_unknown_version_is_refused_saying_which(tmp_path: Path) -> None:
     p = tmp_path / "v9.jsonl"
     write_lines(p, [HEADER.replace('"version": 1', '"version": 9'), call(1)])
-    with pytest.raises(TraceVersionError, match="version 9 is not supported .*version 1"):
+    with pytest.raises(TraceVersionError, match=r"version 9 is not supported .*version 1"):
         tracesock.load(str(p))
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(TraceFormatError, match="cannot read the trace: No such file"):
+    with pytest.raises(TraceFormatError, match=r"cannot read the trace: No such file"):
         tracesock.load(str(tmp_path / "nope.jsonl"))
 
 

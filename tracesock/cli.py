@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from .errors import TracesockError, UsageError
 
@@ -127,18 +126,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_program(args)
 
 
-def _cmd_feature(module: str) -> Any:
+Command = Callable[[argparse.Namespace], int]
+
+
+def _cmd_feature(module: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         import importlib
 
         mod = importlib.import_module(f"tracesock.{module}")
-        result: int = mod.cli(args)
-        return result
+        return int(mod.cli(args))
 
     return run
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Command] = {
     "run": _cmd_run,
     "show": _cmd_show,
     "stats": _cmd_stats,

@@ -13,6 +13,7 @@ stops recording and lets the program run on; everything already written stays.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -45,7 +46,7 @@ def _stderr_warn(message: str) -> None:
     try:
         sys.stderr.write(f"tracesock: warning: {message}\n")
         sys.stderr.flush()
-    except Exception:  # noqa: S110 - a warning must never break the program
+    except Exception:
         pass
 
 
@@ -233,10 +234,8 @@ class Recorder:
         sink, self._sink = self._sink, None
         self._lost += 1
         if sink is not None:
-            try:
+            with contextlib.suppress(Exception):  # already failing; keep what was written
                 sink.close()
-            except Exception:  # noqa: S110 - already failing; keep what was written
-                pass
         self._warn(f"cannot write the trace any more ({exc}); tracing stopped, "
                    "the program runs on and the trace so far is kept")
 

@@ -18,12 +18,13 @@ import errno
 import os
 import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import UsageError
 from .recorder import Recorder
 
 _socket_close = socket.socket.close
+_socket_makefile: Any = socket.socket.makefile
 _ORIGINAL_SOCKET = socket.socket
 
 _SHUT = {socket.SHUT_RD: "SHUT_RD", socket.SHUT_WR: "SHUT_WR", socket.SHUT_RDWR: "SHUT_RDWR"}
@@ -143,8 +144,13 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
                                  "_ts_stand_in": stand_in}
         if stand_in:
             attrs.update(__module__="socket", __qualname__="socket")
-            return _StandInMeta("socket", (cls,), attrs)
-        return _StandInMeta(cls.__name__, (cls,), attrs)
+        made = _StandInMeta("socket" if stand_in else cls.__name__, (cls,), attrs)
+        return cast("type[TracedSocket]", made)
+
+    # socket.socket's private bookkeeping, which close() and makefile() rely on.
+    if TYPE_CHECKING:
+        _io_refs: int
+        _closed: bool
 
     @property
     def trace_id(self) -> int:
@@ -223,7 +229,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
         rec = self._ts_rec
         start = rec.now()
         try:
-            fd, addr = self._accept()
+            fd, addr = self._accept()  # type: ignore[attr-defined]
         except BaseException as exc:
             rec.failure(self._ts_id, "accept", start, exc, {})
             raise
@@ -431,13 +437,13 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
             self._ts_simple("setsockopt", args, super().setsockopt, level, optname, value,
                             optlen)
 
-    def makefile(self, mode: str = "r", buffering: int | None = None, *,  # type: ignore[override]
+    def makefile(self, mode: str = "r", buffering: int | None = None, *,
                  encoding: str | None = None, errors: str | None = None,
                  newline: str | None = None) -> Any:
         rec = self._ts_rec
         start = rec.now()
         try:
-            result = super().makefile(mode, buffering, encoding=encoding, errors=errors,
+            result = _socket_makefile(self, mode, buffering, encoding=encoding, errors=errors,
                                       newline=newline)
         except BaseException as exc:
             rec.failure(self._ts_id, "makefile", start, exc, {"args": {"mode": mode}})
@@ -449,7 +455,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
         fd: int = self._ts_simple("detach", {}, super().detach)
         return fd
 
-    def dup(self) -> socket.socket:
+    def dup(self) -> TracedSocket:
         rec = self._ts_rec
         start = rec.now()
         try:

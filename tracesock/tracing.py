@@ -1,4 +1,10 @@
-"""``trace()``: record every socket a block of code creates, into one trace file."""
+"""``trace()``: record every socket a block of code creates, into one trace file.
+
+With ``capture=`` a CaptureSession (capture.py) sniffs the interface for the whole
+block. It starts before ``socket.socket`` is patched (scapy's own sockets must not be
+traced) and is stopped after the trace is closed, because it keeps only the segments
+of the connections that the finished trace names.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .capture import CaptureSession, _stderr_warn
+from .errors import CaptureError
 from .patching import socket_class_patched
 from .recorder import Recorder
 from .sockets import TracedSocket
@@ -28,17 +36,63 @@ def trace(
     max_payload: int | None = None,
     redact: Iterable[str] = (),
     argv: Iterable[str] | None = None,
+    capture: str | None = None,
+    capture_all: bool = False,
+    capture_required: bool = False,
+    iface: str | None = None,
     **recorder_options: Any,
 ) -> Iterator[Tracing]:
     """Trace every socket created inside the block into ``path`` (JSONL, mode 0600).
 
     ``socket.socket`` is restored and the file finished when the block ends, even
     when it raises. Sockets still open afterwards are no longer recorded.
+
+    ``capture="x.pcapng"`` also captures the traced connections' SYN/FIN/RST segments
+    (every segment with ``capture_all``) on ``iface`` (default: loopback), joined with
+    their calls. If capture cannot start (no CAP_NET_RAW, no scapy) the trace goes on
+    without it after a one-line warning, or ``CaptureError`` is raised when
+    ``capture_required``.
     """
+    warn = recorder_options.get("warn", _stderr_warn)
     recorder = Recorder.open(path, payload=payload, max_payload=max_payload, redact=redact,
                              argv=argv, **recorder_options)
+    session: CaptureSession | None = None
+    body_failed = False
     try:
+        if capture is not None:
+            session = _start_capture(capture, capture_all=capture_all, iface=iface,
+                                     required=capture_required, warn=warn)
         with socket_class_patched(recorder) as cls:
-            yield Tracing(path, recorder, cls)
+            try:
+                yield Tracing(path, recorder, cls)
+            except BaseException:
+                body_failed = True
+                raise
     finally:
         recorder.close()
+        if session is not None:
+            # A failing stop() must not hide the block's own exception: warn instead.
+            _stop_capture(session, path, required=capture_required and not body_failed,
+                          warn=warn)
+
+
+def _start_capture(capture: str, *, capture_all: bool, iface: str | None, required: bool,
+                   warn: Any) -> CaptureSession | None:
+    session = CaptureSession(capture, capture_all=capture_all, iface=iface, warn=warn)
+    try:
+        session.start()
+    except CaptureError as exc:
+        if required:
+            raise
+        warn(f"{exc}; tracing without capture")
+        return None
+    return session
+
+
+def _stop_capture(session: CaptureSession, path: str, *, required: bool, warn: Any) -> None:
+    try:
+        session.stop(path)
+    except CaptureError as exc:
+        if required:
+            raise
+        warn(str(exc))

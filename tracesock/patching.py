@@ -4,14 +4,16 @@ While a trace is active, ``socket.socket`` is a TracedSocket subclass bound to t
 trace's recorder, so everything that builds sockets through the module attribute
 (``socket.create_connection``, ``socketpair``, ``fromfd``, ``http.client``,
 ``socketserver``, ``asyncio``, ``ftplib``, ``smtplib``...) is traced. The original class
-is put back in ``finally``, whatever the block raised.
+is put back in ``finally``, whatever the block raised. Replay swaps in its own class
+(and ``getaddrinfo``) here too.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from .recorder import Recorder
 from .sockets import TracedSocket
@@ -27,3 +29,20 @@ def socket_class_patched(recorder: Recorder) -> Iterator[type[TracedSocket]]:
         yield stand_in
     finally:
         socket.socket = original  # type: ignore[misc]
+
+
+@contextmanager
+def socket_class_replaced(
+    cls: type[socket.socket], *, getaddrinfo: Callable[..., Any] | None = None
+) -> Iterator[type[socket.socket]]:
+    """Replace ``socket.socket`` with ``cls`` (replay), and ``socket.getaddrinfo`` when
+    given (so that ``create_connection`` resolves names without the network)."""
+    original, original_gai = socket.socket, socket.getaddrinfo
+    socket.socket = cls  # type: ignore[misc]
+    if getaddrinfo is not None:
+        socket.getaddrinfo = getaddrinfo
+    try:
+        yield cls
+    finally:
+        socket.socket = original  # type: ignore[misc]
+        socket.getaddrinfo = original_gai

@@ -110,10 +110,14 @@ def _ep(addr: object) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1]))
 
 
+def _header(seg: Segment) -> tuple[object, ...]:
+    return (seg.src, seg.dst, seg.flags, seg.seq, seg.ack, seg.length, seg.options)
+
+
 def _assert_clean_close(segs: list[Segment], client: tuple[str, int],
                         server: tuple[str, int]) -> None:
     """SYN, SYN/ACK, handshake ACK, one FIN each way, each FIN acknowledged; each once."""
-    assert len(set(segs)) == len(segs), "a segment was captured twice"
+    assert len({_header(s) for s in segs}) == len(segs), "a segment was captured twice"
     kinds = Counter(s.flag_names for s in segs if s.flags & 0x07)
     assert kinds == {"SYN": 1, "SYN,ACK": 1, "FIN,ACK": 2}, kinds
     syn = next(s for s in segs if s.is_syn)
@@ -219,9 +223,15 @@ def test_thousand_short_connections_lose_and_duplicate_nothing(
     for conn in clients:
         local, remote = _ep(conn.laddr), _ep(conn.raddr)
         segs = [js.segment for js in flows.get(tuple(sorted([local, remote])), [])]
-        kinds = Counter(s.flag_names for s in segs if s.flags & 0x07)
-        assert kinds == {"SYN": 1, "SYN,ACK": 1, "FIN,ACK": 2}, (local, kinds)
-        assert len(set(segs)) == len(segs)
+        # Lost: none. Each SYN, SYN/ACK and both FINs are there.
+        firsts = {(s.src, s.flag_names) for s in segs if s.flags & 0x07}
+        assert {(local, "SYN"), (remote, "SYN,ACK"), (local, "FIN,ACK"),
+                (remote, "FIN,ACK")} <= firsts, (local, firsts)
+        # Duplicated: none. A capture duplicate is byte-identical, TCP timestamp
+        # included; a real retransmission (the kernel occasionally resends a FIN in
+        # such a storm) carries a new timestamp and is kept, as it happened.
+        headers = Counter(_header(s) for s in segs)
+        assert max(headers.values()) == 1, (local, headers)
 
 
 @pytest.mark.usefixtures("can_capture")

@@ -312,10 +312,11 @@ class CaptureSession:
         pcapng.write(self.path, out, linktype=self._linktype,
                      snaplen=min(self.snaplen, _MAX_RECV), ifname=self.iface)
         if dropped:
+            hint = ("the sniffer could not keep up with --capture-all; a smaller snap "
+                    "length helps on bulk transfers" if self.capture_all else
+                    "the sniffer could not keep up")
             self._warn(f"the kernel dropped {dropped} packets on {self.iface} during the "
-                       f"capture: {self.path} is missing segments"
-                       + ("" if not self.capture_all else
-                          " (--capture-all on bulk traffic: try a smaller snap length)"))
+                       f"capture, so {self.path} is missing segments ({hint})")
         self.stats = CaptureStats(self.path, self.iface, len(frames), len(out), dropped)
         return self.stats
 

@@ -87,17 +87,13 @@ def address_key(family: Any, address: Any) -> Any:
     return addr
 
 
-def _excerpt(data: bytes, at: int) -> tuple[str, int]:
-    """repr() of the bytes around ``at`` and the column of ``at`` in it."""
-    start = max(0, at - 24)
-    head = repr(data[start:at])[:-1]
-    return head + repr(data[at:at + 24])[2:], len(head)
-
-
 def _diff(expected: bytes, e_at: int, actual: bytes, a_at: int) -> str:
-    exp, col = _excerpt(expected, e_at)
-    act, _ = _excerpt(actual, a_at)
-    return (f"\n  expected: {exp}\n  actual:   {act}\n            {' ' * col}^")
+    """A short diff: the bytes around the first difference, a caret under it. What
+    came before it is the same on both sides (it matched), so it is shown once."""
+    head = repr(expected[max(0, e_at - 24):e_at])[:-1]
+    exp = head + repr(expected[e_at:e_at + 24])[2:]
+    act = head + repr(actual[a_at:a_at + 24])[2:]
+    return f"\n  expected: {exp}\n  actual:   {act}\n            {' ' * len(head)}^"
 
 
 class Stream:
@@ -325,7 +321,8 @@ class Stream:
                     raise ReplayMismatch(
                         f"{self.cassette.path}: {self.describe()}: the code sent "
                         f"{total - pos} bytes more than the recording (which sent "
-                        f"{self.sent} bytes in all); first extra bytes: {data[pos:pos + 40]!r}")
+                        f"{self.sent} bytes in all){self.cassette.incomplete()}; first extra "
+                        f"bytes: {data[pos:pos + 40]!r}")
                 self.sent += total - pos
                 return total
             if "error" in rec:
@@ -369,7 +366,8 @@ class Stream:
         if rec is None:
             if check:
                 raise ReplayMismatch(f"{where} ({op} of {len(data)} bytes) has no recorded "
-                                     f"counterpart; first bytes: {data[:40]!r}")
+                                     f"counterpart{self.cassette.incomplete()}; first "
+                                     f"bytes: {data[:40]!r}")
             self.sent += len(data)
             return len(data)
         if "error" in rec:

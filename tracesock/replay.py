@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn, cast
 
 from .cassette import Cassette, Record, Stream, recorded_error
-from .errors import ReplayError, UsageError
+from .errors import ReplayError, TracesockError, UsageError
 from .events import decode_addr
 from .patching import socket_class_replaced
 from .tracefile import Connection
@@ -191,7 +191,13 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
     def _rs_claim(self, how: str, address: Any) -> Stream:
         st = self._rs_stream
         if st is None:
-            st = self._rs_cas.claim(how, self._rs_family.name, self._rs_kind.name, address)
+            try:
+                st = self._rs_cas.claim(how, self._rs_family.name, self._rs_kind.name, address)
+            except TracesockError:
+                # Not an OSError, so create_connection() would not close us: this socket
+                # can never be replayed anyway.
+                self.close()
+                raise
             self._rs_attach(st)
         return st
 
@@ -445,10 +451,8 @@ class _Resolver:
             return out
         if isinstance(host, str) and host.lower() in ("localhost", "localhost.localdomain"):
             return list(real(host, port, family, type, proto, flags))
-        err = socket.gaierror(socket.EAI_NONAME, f"tracesock replay: {host}:{port} resolves "
+        raise socket.gaierror(socket.EAI_NONAME, f"tracesock replay: {host}:{port} resolves "
                               "to no recorded connection (replay does no DNS)")
-        self._cassette.errors.append(ReplayError(str(err)))
-        raise err
 
 
 class Replay:

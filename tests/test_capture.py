@@ -437,6 +437,13 @@ def test_without_cap_net_raw_a_clear_message_and_the_trace_is_still_written(
     assert not (tmp_path / "b.pcapng").exists()
 
 
+@pytest.mark.usefixtures("can_capture")
+def test_an_unwritable_capture_path_fails_at_start(tmp_path: Path) -> None:
+    session = CaptureSession(str(tmp_path / "missing" / "x.pcapng"))
+    with pytest.raises(CaptureError, match="cannot write the capture"):
+        session.start()
+
+
 def test_capture_error_is_a_tracesock_error() -> None:
     assert issubclass(CaptureError, tracesock.TracesockError)
     with pytest.raises(tracesock.UsageError):

@@ -219,6 +219,12 @@ class CaptureSession:
             raise UsageError("capture: start() called twice")
         self.iface = self._resolve_iface()
         sock = self._open_socket()
+        try:  # fail now, not after the whole run, if the file cannot be written
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            sock.close()
+            raise CaptureError(f"cannot write the capture {self.path!r}: "
+                               f"{exc.strerror or exc}") from None
         from scapy.sendrecv import AsyncSniffer
 
         ready = threading.Event()

@@ -54,14 +54,19 @@ def trace(
     ``capture_required``.
     """
     warn = recorder_options.get("warn", _stderr_warn)
-    recorder = Recorder.open(path, payload=payload, max_payload=max_payload, redact=redact,
-                             argv=argv, **recorder_options)
     session: CaptureSession | None = None
+    if capture is not None:  # first: starting it takes a while, keep it out of the trace
+        session = _start_capture(capture, capture_all=capture_all, iface=iface,
+                                 required=capture_required, warn=warn)
+    try:
+        recorder = Recorder.open(path, payload=payload, max_payload=max_payload,
+                                 redact=redact, argv=argv, **recorder_options)
+    except BaseException:
+        if session is not None:
+            session.abort()
+        raise
     body_failed = False
     try:
-        if capture is not None:
-            session = _start_capture(capture, capture_all=capture_all, iface=iface,
-                                     required=capture_required, warn=warn)
         with socket_class_patched(recorder) as cls:
             try:
                 yield Tracing(path, recorder, cls)

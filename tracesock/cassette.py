@@ -108,6 +108,7 @@ class Stream:
         self.raddr: Any = None
         self.parent: int | None = None
         self.key: Any = None
+        self.key_address: Any = None
         self.claimed = False
         self.done = False  # the code closed it: later records are dropped (sends kept)
         self.recvq: deque[Record] = deque()
@@ -572,6 +573,7 @@ class Cassette:
         self._reader = reader
         self._eof = False
         self._finishing = False
+        self.final_checks = True
 
     @classmethod
     def open(cls, path: str, **options: Any) -> Cassette:
@@ -673,6 +675,7 @@ class Cassette:
             return
         address = rec.get("args", {}).get("address")
         st.key = (_KEY_OF[rec["op"]], st.family, st.kind, address_key(st.family, address))
+        st.key_address = decode_addr(address)
         if not st.claimed:
             self.unclaimed.append(st)
 
@@ -709,7 +712,7 @@ class Cassette:
                 seen = len(self.unclaimed)
                 if not self.pull():
                     break
-            left = ", ".join(f"#{s.sid} {s.key[0]} {format_addr(decode_addr(s.key[3]))} "
+            left = ", ".join(f"#{s.sid} {s.key[0]} {format_addr(s.key_address)} "
                              f"({s.key[1]}, {s.key[2]})" for s in self.unclaimed[:6]) or "none"
             err = ReplayError(
                 f"{self.path}: no recorded connection matches {how} to "
@@ -759,6 +762,8 @@ class Cassette:
         """End of replay: raise what went wrong unseen (errors caught by the code, bytes
         recorded as sent that the code never sent), then close."""
         try:
+            if not self.final_checks:
+                return
             if self.errors:
                 first = self.errors[0]
                 raise type(first)(f"{first} (raised during replay and caught by the code)")

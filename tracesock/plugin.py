@@ -118,6 +118,8 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
     try:
         with replay(path, **options) as rp:
             yield TracesockRun("replay", path, replay=rp)
+            if _failed(request):
+                rp.skip_final_checks()  # what went wrong was already reported
     except TracesockError as exc:
         pytest.fail(f"tracesock replay of {path}: {exc}", pytrace=False)
 
@@ -128,9 +130,13 @@ def _record(request: pytest.FixtureRequest, path: Path) -> Iterator[TracesockRun
     path.parent.mkdir(parents=True, exist_ok=True)
     with trace(str(path), argv=[request.node.nodeid]) as tracing:
         yield TracesockRun("record", path, tracing=tracing)
-    reports = request.node.stash.get(_REPORTS, {})
-    if any(r.failed for r in reports.values()):
+    if _failed(request):
         path.unlink(missing_ok=True)  # never replay a failed run: record again next time
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    reports = request.node.stash.get(_REPORTS, {})
+    return any(r.failed for r in reports.values())
 
 
 @pytest.fixture(autouse=True)

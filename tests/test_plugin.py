@@ -1,0 +1,173 @@
+"""The pytest plugin, tested with pytester: record once, replay after, fail clearly."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def _plugin_args() -> list[str]:
+    # Installed (pip install -e .), the pytest11 entry point loads the plugin; from a
+    # source tree it must be named. Naming it when installed would register it twice.
+    eps = importlib.metadata.entry_points(group="pytest11")
+    if any(ep.value == "tracesock.plugin" for ep in eps):
+        return []
+    return ["-p", "tracesock.plugin"]
+
+
+FETCH = '''
+import socket
+import threading
+import time
+
+import pytest
+
+RealSocket = socket.socket
+
+
+def serve_once(srv):
+    conn, _ = srv.accept()
+    with conn:
+        conn.recv(100)
+        for piece in (b"hel", b"lo ", b"world"):
+            conn.sendall(piece)
+            time.sleep(0.03)
+
+
+def fetch(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"hi")
+    chunks = []
+    while data := s.recv(100):
+        chunks.append(data)
+    s.close()
+    return chunks
+
+
+@pytest.mark.tracesock("captures/fetch.jsonl")
+def test_fetch(tracesock):
+    port = 1  # replaying: nothing listens, nothing needs to
+    if tracesock.recording:
+        srv = RealSocket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        t = threading.Thread(target=serve_once, args=(srv,))
+        t.start()
+    chunks = fetch(port)
+    if tracesock.recording:
+        t.join()
+        srv.close()
+    assert chunks == [b"hel", b"lo ", b"world"]
+    print("MODE", tracesock.mode)
+'''
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini("[pytest]\naddopts = --strict-markers\nfilterwarnings = error\n")
+    pytester.makepyfile(test_fetch=FETCH)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(*_plugin_args(), "-s", *args)
+
+
+def test_once_records_then_replays(suite: pytest.Pytester) -> None:
+    first = run(suite)
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["*MODE record*"])
+    recording = suite.path / "captures" / "fetch.jsonl"
+    assert recording.exists()
+    before = recording.read_bytes()
+    for _ in range(3):
+        again = run(suite)
+        again.assert_outcomes(passed=1)
+        again.stdout.fnmatch_lines(["*MODE replay*"])
+    assert recording.read_bytes() == before
+    run(suite, "--tracesock-mode=none").assert_outcomes(passed=1)
+
+
+def test_mode_none_without_recording_fails_clearly(suite: pytest.Pytester) -> None:
+    result = run(suite, "--tracesock-mode=none")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*tracesock: no recording at *fetch.jsonl*"
+                                 "--tracesock-mode=none only replays*"])
+    assert not (suite.path / "captures").exists()
+
+
+def test_mode_all_records_again(suite: pytest.Pytester) -> None:
+    run(suite).assert_outcomes(passed=1)
+    recording = suite.path / "captures" / "fetch.jsonl"
+    before = recording.read_bytes()
+    result = run(suite, "--tracesock-mode=all")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*MODE record*"])
+    assert recording.read_bytes() != before
+
+
+def test_unmatched_socket_fails_the_test_without_network(suite: pytest.Pytester) -> None:
+    run(suite).assert_outcomes(passed=1)
+    suite.makepyfile(test_other='''
+import socket
+import pytest
+
+@pytest.mark.tracesock("captures/fetch.jsonl")
+def test_elsewhere():
+    socket.create_connection(("10.9.9.9", 80), timeout=30)
+''')
+    result = run(suite, "test_other.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ReplayError*no recorded connection matches connect to "
+                                 "10.9.9.9:80*never reaches the network*"])
+
+
+def test_fixture_without_marker_uses_a_default_path(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_default='''
+def test_nothing(tracesock):
+    print("PATH", tracesock.path)
+''')
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "captures" / "test_default" / "test_nothing.jsonl").exists()
+
+
+def test_a_failed_recording_is_not_kept(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_fails='''
+import pytest
+
+@pytest.mark.tracesock("captures/fails.jsonl")
+def test_fails():
+    assert False
+''')
+    run(pytester).assert_outcomes(failed=1)
+    assert not (pytester.path / "captures" / "fails.jsonl").exists()
+
+
+def test_marker_is_registered_and_options_checked(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest(*_plugin_args(), "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.tracesock(path=None*"])
+    pytester.makepyfile(test_bad='''
+import pytest
+
+@pytest.mark.tracesock("x.jsonl", speed=2)
+def test_bad():
+    pass
+''')
+    bad = run(pytester)
+    bad.assert_outcomes(errors=1)
+    bad.stdout.fnmatch_lines(["*unknown keyword(s) speed*"])
+
+
+def test_plugin_imports_cheaply(pytester: pytest.Pytester) -> None:
+    code = ("import sys, tracesock.plugin\n"
+            "bad = [m for m in ('hypothesis', 'scapy') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    path = Path(pytester.path) / "check_import.py"
+    path.write_text(code)
+    assert pytester.runpython(path).ret == 0

@@ -13,6 +13,7 @@ stops recording and lets the program run on; everything already written stays.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import datetime
 import os
@@ -34,12 +35,22 @@ Clock = Callable[[], float]
 Warn = Callable[[str], None]
 
 _OPTS = orjson.OPT_APPEND_NEWLINE
+_get_ident = threading.get_ident
+_dumps = orjson.dumps
+_b64 = binascii.b2a_base64
 
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return {"hex": bytes(obj).hex()}
     return repr(obj)
+
+
+def _plain(ev: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    keep = ("type", "seq", "t", "dur", "sock", "op", "nbytes")
+    out = {k: (v if k in keep else repr(v)) for k, v in ev.items()}
+    out["encode_error"] = str(exc)
+    return out
 
 
 def _stderr_warn(message: str) -> None:
@@ -75,6 +86,7 @@ class Recorder:
             raise ValueError("max_payload must be >= 0")
         self._sink: Sink | None = sink
         self._clock = clock
+        self.now = clock  # what sockets.py reads to time a call
         self._warn = warn
         self._lock = threading.Lock()
         self._seq = 0
@@ -83,6 +95,7 @@ class Recorder:
         self.payload = payload
         self.max_payload = max_payload
         self._redact = [re.compile(p.encode("utf-8")) for p in redact]
+        self._verbatim = not self._redact and max_payload is None
         epoch = wall()
         self._t0 = clock()
         head: dict[str, Any] = {
@@ -131,9 +144,6 @@ class Recorder:
 
     # -- building records ---------------------------------------------------------------
 
-    def now(self) -> float:
-        return self._clock()
-
     def event(self, sock: int, op: str, start: float, fields: dict[str, Any]) -> None:
         """A call that finished normally. ``fields`` holds op-specific keys."""
         end = self._clock()
@@ -144,7 +154,7 @@ class Recorder:
             "dur": end - start,
             "sock": sock,
             "op": op,
-            "thread": threading.get_ident(),
+            "thread": _get_ident(),
         }
         ev.update(fields)
         self._emit(ev)
@@ -152,7 +162,10 @@ class Recorder:
     def transfer(
         self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Mapping[str, Any]
     ) -> None:
-        """A send/recv that moved ``nbytes``; ``data`` is the buffer (or None)."""
+        """A send/recv that moved ``nbytes``; ``data`` is the buffer (or None).
+
+        This is the hot path of tracing (every send and recv), kept flat on purpose.
+        """
         end = self._clock()
         ev: dict[str, Any] = {
             "type": "call",
@@ -161,13 +174,26 @@ class Recorder:
             "dur": end - start,
             "sock": sock,
             "op": op,
-            "thread": threading.get_ident(),
+            "thread": _get_ident(),
             "args": args,
             "nbytes": nbytes,
         }
-        if self.payload and data is not None:
-            self._add_payload(ev, data, nbytes)
-        self._emit(ev)
+        if data is not None and self.payload:
+            if self._verbatim and type(data) is bytes and len(data) == nbytes:
+                ev["data"] = _b64(data, newline=False).decode("ascii")
+            else:
+                self._add_payload(ev, data, nbytes)
+        with self._lock:
+            sink = self._sink
+            if sink is None:
+                self._lost += 1
+                return
+            self._seq = seq = self._seq + 1
+            ev["seq"] = seq
+            try:
+                sink.write(_dumps(ev, default=_json_default, option=_OPTS))
+            except Exception as exc:
+                self._write_failed(sink, ev, exc)
 
     def failure(
         self, sock: int, op: str, start: float, exc: BaseException, fields: dict[str, Any]
@@ -185,7 +211,7 @@ class Recorder:
             "dur": end - start,
             "sock": sock,
             "op": op,
-            "thread": threading.get_ident(),
+            "thread": _get_ident(),
         }
         ev.update(fields)
         ev["error"] = err
@@ -204,27 +230,28 @@ class Recorder:
     # -- writing ------------------------------------------------------------------------
 
     def _emit(self, ev: dict[str, Any]) -> None:
-        try:
-            line = orjson.dumps(ev, default=_json_default, option=_OPTS)
-        except Exception as exc:  # a value orjson refuses: keep the event, lose the field
-            ev = {k: (v if k in ("type", "seq", "t", "dur", "sock", "op") else repr(v))
-                  for k, v in ev.items()}
-            ev["encode_error"] = str(exc)
-            line = orjson.dumps(ev, option=_OPTS)
         with self._lock:
             sink = self._sink
             if sink is None:
                 self._lost += 1
                 return
-            self._seq += 1
-            seq = self._seq
-            # "seq" was a placeholder 0; splice the real number in without re-encoding.
-            line = line.replace(b'"seq":0,', b'"seq":%d,' % seq, 1)
+            self._seq = seq = self._seq + 1
+            ev["seq"] = seq
             try:
-                sink.write(line)
+                sink.write(orjson.dumps(ev, default=_json_default, option=_OPTS))
             except Exception as exc:
-                self._seq -= 1
-                self._fail(exc)
+                self._write_failed(sink, ev, exc)
+
+    def _write_failed(self, sink: Sink, ev: dict[str, Any], exc: Exception) -> None:
+        """Called with the lock held when encoding or writing ``ev`` raised ``exc``."""
+        if isinstance(exc, TypeError):  # a value orjson refuses: keep the event, say why
+            try:
+                sink.write(orjson.dumps(_plain(ev, exc), option=_OPTS))
+                return
+            except Exception as again:
+                exc = again
+        self._seq -= 1
+        self._fail(exc)
 
     def _write_now(self, line: bytes) -> None:
         assert self._sink is not None

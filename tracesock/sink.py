@@ -29,8 +29,11 @@ class Sink(Protocol):
     def abandon(self) -> None: ...
 
 
-_FIRST = 1 << 20  # bytes reserved up front
-_MAX_STEP = 64 << 20  # growth doubles up to this step
+_FIRST = 4 << 20  # bytes of the first window
+_MAX_STEP = 32 << 20  # windows double up to this size
+# Pre-faulting a window's pages costs ~1 ms per MiB once, and saves ~0.4 us per
+# event that would otherwise fault a fresh page cache page in on first touch.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def open_sink(path: str) -> Sink:
@@ -50,49 +53,66 @@ def open_sink(path: str) -> Sink:
 
 
 class MmapSink:
-    """Append-only lines into a growing shared mapping of a regular file."""
+    """Append-only lines into a regular file, through a window mapped over its tail.
+
+    The file is reserved (fallocate) and mapped one window at a time; a line that does
+    not fit in the current window is split across it and the next one.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._pos = 0
-        self._size = 0
-        self._map: mmap.mmap | None = None
-        self._grow(0)
+        self._written = 0  # bytes of lines in the file
+        self._window: mmap.mmap | None = None
+        self._window_end = 0  # file offset where the current window ends
+        self._next_size = _FIRST
+        self._open_window()
 
-    def _grow(self, need: int) -> None:
-        step = min(max(self._size, _FIRST), _MAX_STEP)
-        new_size = self._size + max(step, need)
-        os.posix_fallocate(self._fd, self._size, new_size - self._size)
-        if self._map is None:
-            self._map = mmap.mmap(self._fd, new_size)
-        else:
-            self._map.resize(new_size)
-        self._size = new_size
+    def _open_window(self) -> None:
+        start, size = self._window_end, self._next_size
+        os.posix_fallocate(self._fd, start, size)
+        window = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED | _POPULATE, offset=start)
+        if self._window is not None:
+            self._window.close()
+        self._window = window
+        self._window_end = start + size
+        self._next_size = min(size * 2, _MAX_STEP)
 
     def write(self, line: bytes) -> None:
-        end = self._pos + len(line)
-        if end > self._size:
-            self._grow(end - self._size)
-        assert self._map is not None
-        self._map[self._pos : end] = line
-        self._pos = end
+        window = self._window
+        assert window is not None
+        n = len(line)
+        room = self._window_end - self._written
+        if n <= room:
+            window.write(line)
+        else:
+            view = memoryview(line)
+            if room:
+                window.write(view[:room])
+            done = room
+            while done < n:
+                self._open_window()
+                assert self._window is not None
+                take = min(n - done, len(self._window))
+                self._window.write(view[done : done + take])
+                done += take
+        self._written += n
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        if self._window is not None:
+            self._window.close()
+            self._window = None
         if self._fd >= 0:
             try:
-                os.ftruncate(self._fd, self._pos)
+                os.ftruncate(self._fd, self._written)
             finally:
                 os.close(self._fd)
                 self._fd = -1
 
     def abandon(self) -> None:
         """Forget the file without touching it (a forked child's copy of the sink)."""
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        if self._window is not None:
+            self._window.close()
+            self._window = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

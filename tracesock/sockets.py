@@ -24,6 +24,12 @@ from .errors import UsageError
 from .recorder import Recorder
 
 _socket_close = socket.socket.close
+# The C methods themselves: calling them directly skips building a super() object on
+# the hot path.
+_send = socket.socket.send
+_sendall = socket.socket.sendall
+_recv = socket.socket.recv
+_recv_into = socket.socket.recv_into
 _socket_makefile: Any = socket.socket.makefile
 _ORIGINAL_SOCKET = socket.socket
 
@@ -248,7 +254,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
         rec = self._ts_rec
         start = rec.now()
         try:
-            n = super().send(data, flags)
+            n = _send(self, data, flags)
         except BaseException as exc:
             rec.failure(self._ts_id, "send", start, exc, {"args": {"size": _nbytes(data)}})
             raise
@@ -260,7 +266,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
         rec = self._ts_rec
         start = rec.now()
         try:
-            super().sendall(data, flags)
+            _sendall(self, data, flags)
         except BaseException as exc:
             rec.failure(self._ts_id, "sendall", start, exc, {"args": {"size": _nbytes(data)}})
             raise
@@ -325,7 +331,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
         rec = self._ts_rec
         start = rec.now()
         try:
-            data = super().recv(bufsize, flags)
+            data = _recv(self, bufsize, flags)
         except BaseException as exc:
             rec.failure(self._ts_id, "recv", start, exc, {"args": {"bufsize": bufsize}})
             raise
@@ -340,7 +346,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
         if flags:
             args["flags"] = flags
         try:
-            n = super().recv_into(buffer, nbytes, flags)
+            n = _recv_into(self, buffer, nbytes, flags)
         except BaseException as exc:
             rec.failure(self._ts_id, "recv_into", start, exc, {"args": args})
             raise

@@ -15,6 +15,7 @@ from .errors import (
 )
 from .events import CallEvent, ErrorInfo, TraceHeader
 from .recorder import Recorder
+from .replay import Replay, ReplaySocket, replay
 from .sockets import TracedSocket
 from .tracefile import Connection, Trace, TraceReader, load
 from .tracing import Tracing, trace
@@ -27,8 +28,10 @@ __all__ = [
     "Connection",
     "ErrorInfo",
     "Recorder",
+    "Replay",
     "ReplayError",
     "ReplayMismatch",
+    "ReplaySocket",
     "Trace",
     "TraceFormatError",
     "TraceHeader",
@@ -40,5 +43,6 @@ __all__ = [
     "UsageError",
     "__version__",
     "load",
+    "replay",
     "trace",
 ]

@@ -457,11 +457,11 @@ class _BatchReader(TraceReader):
     fallback that finds the line to blame when the batch does not parse.
     """
 
-    def batches(self, size: int = 1 << 16) -> Iterator[list[Record]]:
+    def batches(self, size: int = 1 << 16) -> Iterator[tuple[int, list[Any]]]:
+        """(line number of the first record, parsed records) for each batch of lines.
+        Records are checked where they are used (Cassette.pull), in the same loop."""
         f = self._file
-        path = self.path
-        lineno = 1
-        last = -1
+        lineno = 2
         with f:
             while True:
                 lines = f.readlines(size)
@@ -472,43 +472,16 @@ class _BatchReader(TraceReader):
                     recs = orjson.loads(b"[" + b",".join(lines) + b"]") if lines else []
                 except orjson.JSONDecodeError:
                     recs = self._one_by_one(lines, lineno)
-                out: list[Record] = []
-                for i, rec in enumerate(recs):
-                    if type(rec) is not dict:
-                        raise TraceFormatError(f"{path}:{lineno + 1 + i}: a trace line must "
-                                               "be a JSON object")
-                    kind = rec.get("type")
-                    if kind == "call":
-                        seq: Any = rec.get("seq")
-                        op: Any = rec.get("op")
-                        if type(seq) is not int or type(rec.get("sock")) is not int or \
-                                type(op) is not str or (op not in RECV_OPS and
-                                                        op not in SEND_OPS):
-                            event_from_record(path, lineno + 1 + i, rec)  # full checks
-                        if seq <= last:
-                            raise TraceFormatError(f"{path}:{lineno + 1 + i}: seq {seq} does "
-                                                   f"not follow {last} (seq must increase "
-                                                   "strictly)")
-                        last = seq
-                        out.append(rec)
-                    elif kind == "end":
-                        self.end = rec
-                    elif kind is None:
-                        raise TraceFormatError(f"{path}:{lineno + 1 + i}: record has no "
-                                               "'type' field")
+                yield lineno, recs
                 lineno += len(lines)
-                yield out
                 if cut is not None:
                     stripped = cut.rstrip(b"\0")
                     if stripped.endswith(b"\n"):  # a whole line followed by padding
-                        yield self._one_by_one([stripped], lineno)
+                        yield lineno, self._one_by_one([stripped], lineno)
                         lineno += 1
                         stripped = b""
-                    self._tail(f, lineno + 1, stripped)
+                    self._tail(f, lineno, stripped)
                     return
-        if self.end is None:
-            self.warnings.append(f"{path}: no end record: the traced process did not "
-                                 "finish the trace (killed?)")
 
     def _one_by_one(self, lines: list[bytes], lineno: int) -> list[Any]:
         out = []
@@ -516,7 +489,7 @@ class _BatchReader(TraceReader):
             try:
                 out.append(orjson.loads(line))
             except orjson.JSONDecodeError as exc:
-                raise TraceFormatError(f"{self.path}:{lineno + 1 + i}: not valid JSON "
+                raise TraceFormatError(f"{self.path}:{lineno + i}: not valid JSON "
                                        f"({exc})") from None
         return out
 
@@ -552,7 +525,8 @@ class Cassette:
     ``speed``, on the injected ``clock`` and ``sleep``.
     """
 
-    def __init__(self, batches: Iterator[list[Record]], *, path: str, check: str = "concat",
+    def __init__(self, batches: Iterator[tuple[int, list[Any]]], *, path: str,
+                 check: str = "concat",
                  speed: float = 0.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  reader: TraceReader | None = None) -> None:
@@ -573,6 +547,7 @@ class Cassette:
         self._reader = reader
         self._eof = False
         self._finishing = False
+        self._last_seq = -1
         self.final_checks = True
 
     @classmethod
@@ -591,7 +566,7 @@ class Cassette:
                     **options: Any) -> Cassette:
         """A cassette over events already loaded (``Trace.events``, a Connection's)."""
         recs = [record_of(ev) for ev in sorted(evs, key=lambda e: e.seq)]
-        return cls(iter([recs]), path=path, **options)
+        return cls(iter([(1, recs)]), path=path, **options)
 
     @property
     def warnings(self) -> list[str]:
@@ -608,42 +583,92 @@ class Cassette:
     # -- reading ahead ------------------------------------------------------------------
 
     def pull(self) -> bool:
-        """Read and file one more batch of records; False at the end of the trace."""
+        """Read, check and file one more batch of records; False at the end of the trace."""
         if self._eof:
             return False
-        batch = next(self._batches, None)
-        if batch is None:
+        item = next(self._batches, None)
+        if item is None:
             self._eof = True
+            if self._reader is not None and self._reader.end is None:
+                self._reader.warnings.append(f"{self.path}: no end record: the traced "
+                                             "process did not finish the trace (killed?)")
             return False
+        lineno, batch = item
+        try:
+            self._file_batch(batch)
+        except (KeyError, TypeError, AttributeError, TraceFormatError):
+            raise self._blame(lineno, batch) from None
+        return True
+
+    def _file_batch(self, batch: list[Any]) -> None:
+        # The hot loop: one pass checks each record just enough (a malformed one raises
+        # here and _blame() names its line) and puts it in its stream's queue.
         streams = self.streams
+        last = self._last_seq
+        finishing = self._finishing
         for rec in batch:
+            if rec["type"] != "call":
+                if rec["type"] == "end" and self._reader is not None:
+                    self._reader.end = rec
+                continue
+            seq = rec["seq"]
+            if seq <= last:
+                raise TypeError("seq")
+            last = seq
             sid = rec["sock"]
             st = streams.get(sid)
             if st is None:
                 st = streams[sid] = Stream(self, sid)
             op = rec["op"]
             if op in RECV_OPS:
-                if st.done or self._finishing:
+                if st.done or finishing:
                     continue
                 err = rec.get("error")
-                if err is not None and err.get("type") in _TRANSIENT:
+                if err is not None and err["type"] in _TRANSIENT:
                     continue
                 rec["_sb"] = st.rec_sent
                 st.recvq.append(rec)
             elif op in SEND_OPS:
                 err = rec.get("error")
                 if err is not None:
-                    if err.get("type") in _TRANSIENT:
+                    if err["type"] in _TRANSIENT:
                         continue
                 else:
                     st.rec_sent += rec.get("nbytes") or 0
                 if op == "sendto" and st.key is None:
                     self._key(st, rec)
-                if not self._finishing or st.claimed:
+                if not finishing or st.claimed:
                     st.sendq.append(rec)
-            elif not st.done and not self._finishing:
-                self._file_other(st, rec, op)
-        return True
+            else:
+                event_from_record(self.path, 0, rec)  # rare ops: the full checks
+                if not st.done and not finishing:
+                    self._file_other(st, rec, op)
+        self._last_seq = last
+
+    def _blame(self, lineno: int, batch: list[Any]) -> TraceFormatError:
+        """The error naming the first bad record of a batch that did not file."""
+        last = self._last_seq
+        for i, rec in enumerate(batch):
+            where = f"{self.path}:{lineno + i}"
+            if not isinstance(rec, dict):
+                return TraceFormatError(f"{where}: a trace line must be a JSON object")
+            if "type" not in rec:
+                return TraceFormatError(f"{where}: record has no 'type' field")
+            if rec["type"] != "call":
+                continue
+            try:
+                ev = event_from_record(self.path, lineno + i, rec)
+            except TraceFormatError as exc:
+                return exc
+            if ev.seq <= last:
+                return TraceFormatError(f"{where}: seq {ev.seq} does not follow {last} (seq "
+                                        "must increase strictly)")
+            last = ev.seq
+            err = rec.get("error")
+            if err is not None and not isinstance(err.get("type"), str):
+                return TraceFormatError(f"{where}: 'error' lacks its 'type'")
+        return TraceFormatError(f"{self.path}:{lineno}-{lineno + len(batch) - 1}: a malformed "
+                                "record")
 
     def _file_other(self, st: Stream, rec: Record, op: str) -> None:
         if op == "socket":

@@ -37,8 +37,8 @@ from .tracefile import Connection
 
 _ORIGINAL_SOCKET = socket.socket
 _FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
-_PEEK = socket.MSG_PEEK
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_PEEK = int(socket.MSG_PEEK)  # plain ints: enum arithmetic costs a microsecond per recv
+_DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0))
 
 
 def _oserror(code: int) -> OSError:
@@ -67,8 +67,8 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
     with :meth:`from_chunks`.
     """
 
-    __slots__ = ("_rs_bound", "_rs_cas", "_rs_family", "_rs_kind", "_rs_opts", "_rs_peer",
-                 "_rs_proto", "_rs_stream")
+    __slots__ = ("_rs_bound", "_rs_cas", "_rs_dgram", "_rs_family", "_rs_kind",
+                 "_rs_nonblocking", "_rs_opts", "_rs_peer", "_rs_proto", "_rs_stream")
     _rs_cassette: Cassette | None = None
     _rs_stand_in = False
 
@@ -97,6 +97,8 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
         self._rs_stream: Stream | None = None
         self._rs_family = socket.AddressFamily(socket.AF_INET if family == -1 else family)
         self._rs_kind = socket.SocketKind(kind)
+        self._rs_dgram = kind == socket.SOCK_DGRAM
+        self._rs_nonblocking = self.gettimeout() == 0.0
         self._rs_proto = 0 if proto == -1 else proto
         self._rs_bound: Any = None
         self._rs_opts: dict[tuple[int, int], Any] = {}
@@ -155,7 +157,7 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
             recs.append({"type": "call", "seq": i + 3, "t": 0.0, "sock": 1, "op": "recv",
                          "nbytes": len(chunk), "args": {"bufsize": len(chunk)},
                          "data": base64.b64encode(chunk).decode("ascii")})
-        cas = Cassette(iter([recs]), path="<chunks>", check="off")
+        cas = Cassette(iter([(1, recs)]), path="<chunks>", check="off")
         return cls(family, type, cassette=cas, _stream=cas.take(1))
 
     # -- identity -----------------------------------------------------------------------
@@ -315,9 +317,10 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
         st = self._rs_stream
         if st is None:
             st = self._rs_connected()
-        return st.recv(bufsize, bool(flags & _PEEK),
-                       bool(flags & _DONTWAIT) or self.gettimeout() == 0.0,
-                       self._rs_kind == socket.SOCK_DGRAM)
+        if flags:
+            return st.recv(bufsize, bool(flags & _PEEK),
+                           bool(flags & _DONTWAIT) or self._rs_nonblocking, self._rs_dgram)
+        return st.recv(bufsize, False, self._rs_nonblocking, self._rs_dgram)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
         view = memoryview(buffer)
@@ -351,6 +354,14 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
         return data, [], 0, self._rs_from()
 
     # -- state --------------------------------------------------------------------------
+
+    def settimeout(self, value: float | None, /) -> None:
+        super().settimeout(value)
+        self._rs_nonblocking = value == 0.0
+
+    def setblocking(self, flag: bool, /) -> None:
+        super().setblocking(flag)
+        self._rs_nonblocking = not flag
 
     def getsockname(self) -> Any:
         if self.fileno() == -1:

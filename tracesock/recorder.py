@@ -191,7 +191,11 @@ class Recorder:
             self._seq = seq = self._seq + 1
             ev["seq"] = seq
             try:
-                sink.write(_dumps(ev, default=_json_default, option=_OPTS))
+                line = _dumps(ev, default=_json_default, option=_OPTS)
+                try:
+                    sink.write(line)
+                except ValueError:  # no room in the sink's buffer: the slow path
+                    sink.spill(line)
             except Exception as exc:
                 self._write_failed(sink, ev, exc)
 
@@ -238,7 +242,7 @@ class Recorder:
             self._seq = seq = self._seq + 1
             ev["seq"] = seq
             try:
-                sink.write(orjson.dumps(ev, default=_json_default, option=_OPTS))
+                sink.spill(_dumps(ev, default=_json_default, option=_OPTS))
             except Exception as exc:
                 self._write_failed(sink, ev, exc)
 
@@ -246,7 +250,7 @@ class Recorder:
         """Called with the lock held when encoding or writing ``ev`` raised ``exc``."""
         if isinstance(exc, TypeError):  # a value orjson refuses: keep the event, say why
             try:
-                sink.write(orjson.dumps(_plain(ev, exc), option=_OPTS))
+                sink.spill(orjson.dumps(_plain(ev, exc), option=_OPTS))
                 return
             except Exception as again:
                 exc = again
@@ -255,7 +259,7 @@ class Recorder:
 
     def _write_now(self, line: bytes) -> None:
         assert self._sink is not None
-        self._sink.write(line)
+        self._sink.spill(line)
 
     def _fail(self, exc: BaseException) -> None:
         sink, self._sink = self._sink, None
@@ -275,7 +279,7 @@ class Recorder:
             end = {"type": "end", "t": self._clock() - self._t0, "events": self._seq,
                    "lost": self._lost}
             try:
-                sink.write(orjson.dumps(end, option=_OPTS))
+                sink.spill(orjson.dumps(end, option=_OPTS))
                 sink.close()
             except Exception as exc:
                 self._warn(f"cannot finish the trace ({exc})")

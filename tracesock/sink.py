@@ -18,11 +18,17 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+from collections.abc import Callable
 from typing import Protocol
 
 
 class Sink(Protocol):
-    def write(self, line: bytes) -> None: ...
+    """Where lines go. ``write`` may refuse a line with ValueError when it has no room
+    left in its current buffer; ``spill`` then always takes it (the slow path)."""
+
+    def write(self, line: bytes, /) -> object: ...
+
+    def spill(self, line: bytes, /) -> None: ...
 
     def close(self) -> None: ...
 
@@ -61,10 +67,11 @@ class MmapSink:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._written = 0  # bytes of lines in the file
         self._window: mmap.mmap | None = None
-        self._window_end = 0  # file offset where the current window ends
+        self._window_start = 0  # file offset of the current window
+        self._window_end = 0
         self._next_size = _FIRST
+        self.write: Callable[[bytes], object]
         self._open_window()
 
     def _open_window(self) -> None:
@@ -74,36 +81,41 @@ class MmapSink:
         if self._window is not None:
             self._window.close()
         self._window = window
-        self._window_end = start + size
+        self._window_start, self._window_end = start, start + size
         self._next_size = min(size * 2, _MAX_STEP)
+        # The hot path: mmap.write itself, a C call that copies the line, or raises
+        # ValueError (writing nothing) when the window has no room left for it.
+        self.write = window.write
 
-    def write(self, line: bytes) -> None:
-        window = self._window
-        assert window is not None
-        n = len(line)
-        room = self._window_end - self._written
-        if n <= room:
-            window.write(line)
-        else:
-            view = memoryview(line)
-            if room:
-                window.write(view[:room])
-            done = room
-            while done < n:
-                self._open_window()
-                assert self._window is not None
-                take = min(n - done, len(self._window))
-                self._window.write(view[done : done + take])
-                done += take
-        self._written += n
+    @property
+    def written(self) -> int:
+        """Bytes of lines in the file so far."""
+        if self._window is None:
+            return self._window_end
+        return self._window_start + self._window.tell()
+
+    def spill(self, line: bytes) -> None:
+        """Write ``line`` across the end of this window and into the next ones."""
+        view = memoryview(line)
+        done = 0
+        while True:
+            window = self._window
+            assert window is not None
+            take = min(len(view) - done, len(window) - window.tell())
+            window.write(view[done : done + take])
+            done += take
+            if done == len(view):
+                return
+            self._open_window()
 
     def close(self) -> None:
+        written = self.written
         if self._window is not None:
             self._window.close()
             self._window = None
         if self._fd >= 0:
             try:
-                os.ftruncate(self._fd, self._written)
+                os.ftruncate(self._fd, written)
             finally:
                 os.close(self._fd)
                 self._fd = -1
@@ -123,6 +135,9 @@ class StreamSink:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+
+    def spill(self, line: bytes) -> None:
+        self.write(line)
 
     def write(self, line: bytes) -> None:
         view = memoryview(line)

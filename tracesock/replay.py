@@ -27,15 +27,15 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from .cassette import Cassette, Record, Stream, recorded_error
 from .errors import ReplayError, TracesockError, UsageError
 from .events import decode_addr
 from .patching import socket_class_replaced
+from .standin import ORIGINAL_SOCKET, StandInMeta, bound_subclass
 from .tracefile import Connection
 
-_ORIGINAL_SOCKET = socket.socket
 _FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
 _PEEK = int(socket.MSG_PEEK)  # plain ints: enum arithmetic costs a microsecond per recv
 _DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0))
@@ -45,21 +45,7 @@ def _oserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-class _StandInMeta(type):
-    """While replaying, ``isinstance(x, socket.socket)`` keeps meaning the real class."""
-
-    def __instancecheck__(cls, obj: object) -> bool:
-        if cls.__dict__.get("_rs_stand_in", False):
-            return isinstance(obj, _ORIGINAL_SOCKET)
-        return type.__instancecheck__(cls, obj)
-
-    def __subclasscheck__(cls, sub: type) -> bool:
-        if cls.__dict__.get("_rs_stand_in", False):
-            return issubclass(sub, _ORIGINAL_SOCKET)
-        return type.__subclasscheck__(cls, sub)
-
-
-class ReplaySocket(socket.socket, metaclass=_StandInMeta):
+class ReplaySocket(socket.socket, metaclass=StandInMeta):
     """A ``socket.socket`` that answers from a recording instead of the network.
 
     Inside ``tracesock.replay(path)`` every ``socket.socket(...)`` is one. For unit
@@ -70,13 +56,13 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
     __slots__ = ("_rs_bound", "_rs_cas", "_rs_dgram", "_rs_family", "_rs_kind",
                  "_rs_nonblocking", "_rs_opts", "_rs_peer", "_rs_proto", "_rs_stream")
     _rs_cassette: Cassette | None = None
-    _rs_stand_in = False
+    _stand_in = False
 
     def __new__(cls, family: int = -1, type: int = -1, proto: int = -1,
                 fileno: int | None = None, **_: Any) -> ReplaySocket:
-        if fileno is not None and cls._rs_stand_in:
+        if fileno is not None and cls._stand_in:
             # socketpair(), fromfd(): a descriptor the code already has, nothing to replay.
-            return _ORIGINAL_SOCKET(family, type, proto, fileno)  # type: ignore[return-value]
+            return ORIGINAL_SOCKET(family, type, proto, fileno)  # type: ignore[return-value]
         return super().__new__(cls)
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1,
@@ -111,12 +97,7 @@ class ReplaySocket(socket.socket, metaclass=_StandInMeta):
     def bound_to(cls, cassette: Cassette, *, stand_in: bool = False) -> type[ReplaySocket]:
         """A subclass whose sockets replay from ``cassette``; with ``stand_in`` it also
         impersonates ``socket.socket`` while it replaces it."""
-        attrs: dict[str, Any] = {"__slots__": (), "_rs_cassette": cassette,
-                                 "_rs_stand_in": stand_in}
-        if stand_in:
-            attrs.update(__module__="socket", __qualname__="socket")
-            return cast("type[ReplaySocket]", _StandInMeta("socket", (cls,), attrs))
-        return cast("type[ReplaySocket]", _StandInMeta(cls.__name__, (cls,), attrs))
+        return bound_subclass(cls, {"_rs_cassette": cassette}, stand_in=stand_in)
 
     @classmethod
     def from_connection(cls, conn: Connection, *,

@@ -18,10 +18,11 @@ import errno
 import os
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .recorder import Recorder
+from .standin import StandInMeta, bound_subclass
 
 _socket_close = socket.socket.close
 # The C methods themselves: calling them directly skips building a super() object on
@@ -31,7 +32,6 @@ _sendall = socket.socket.sendall
 _recv = socket.socket.recv
 _recv_into = socket.socket.recv_into
 _socket_makefile: Any = socket.socket.makefile
-_ORIGINAL_SOCKET = socket.socket
 
 _SHUT = {socket.SHUT_RD: "SHUT_RD", socket.SHUT_WR: "SHUT_WR", socket.SHUT_RDWR: "SHUT_RDWR"}
 
@@ -78,21 +78,7 @@ def _payload(data: Any) -> Any:
         return None
 
 
-class _StandInMeta(type):
-    """While tracing, ``isinstance(x, socket.socket)`` must keep meaning the real class."""
-
-    def __instancecheck__(cls, obj: object) -> bool:
-        if cls.__dict__.get("_ts_stand_in", False):
-            return isinstance(obj, _ORIGINAL_SOCKET)
-        return type.__instancecheck__(cls, obj)
-
-    def __subclasscheck__(cls, sub: type) -> bool:
-        if cls.__dict__.get("_ts_stand_in", False):
-            return issubclass(sub, _ORIGINAL_SOCKET)
-        return type.__subclasscheck__(cls, sub)
-
-
-class TracedSocket(socket.socket, metaclass=_StandInMeta):
+class TracedSocket(socket.socket, metaclass=StandInMeta):
     """Drop-in ``socket.socket`` that records every call.
 
     ``TracedSocket(AF_INET, SOCK_STREAM, recorder=rec)`` records into ``rec``. Inside
@@ -102,7 +88,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
 
     __slots__ = ("_ts_close_pending", "_ts_id", "_ts_rec")
     _ts_recorder: Recorder | None = None
-    _ts_stand_in = False
+    _stand_in = False
 
     def __init__(
         self,
@@ -146,12 +132,7 @@ class TracedSocket(socket.socket, metaclass=_StandInMeta):
         With ``stand_in`` it also impersonates ``socket.socket`` (name, module,
         isinstance checks) for the time it replaces it.
         """
-        attrs: dict[str, Any] = {"__slots__": (), "_ts_recorder": recorder,
-                                 "_ts_stand_in": stand_in}
-        if stand_in:
-            attrs.update(__module__="socket", __qualname__="socket")
-        made = _StandInMeta("socket" if stand_in else cls.__name__, (cls,), attrs)
-        return cast("type[TracedSocket]", made)
+        return bound_subclass(cls, {"_ts_recorder": recorder}, stand_in=stand_in)
 
     # socket.socket's private bookkeeping, which close() and makefile() rely on.
     if TYPE_CHECKING:

@@ -20,8 +20,9 @@ VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
 # Ops that move payload bytes, by direction.
-SEND_OPS = frozenset({"send", "sendall", "sendto", "sendmsg", "sendfile"})
-RECV_OPS = frozenset({"recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg"})
+# read/write: TLS plaintext (SSLSocket and SSLObject methods, marked "tls": true).
+SEND_OPS = frozenset({"send", "sendall", "sendto", "sendmsg", "sendfile", "write"})
+RECV_OPS = frozenset({"recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "read"})
 
 
 @dataclass(frozen=True, slots=True)

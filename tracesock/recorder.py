@@ -160,9 +160,11 @@ class Recorder:
         self._emit(ev)
 
     def transfer(
-        self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Mapping[str, Any]
+        self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """A send/recv that moved ``nbytes``; ``data`` is the buffer (or None).
+        """A send/recv that moved ``nbytes``; ``data`` is the buffer (or None); ``extra``
+        holds further top-level fields (``{"tls": True}`` on TLS plaintext).
 
         This is the hot path of tracing (every send and recv), kept flat on purpose.
         """
@@ -178,6 +180,8 @@ class Recorder:
             "args": args,
             "nbytes": nbytes,
         }
+        if extra is not None:
+            ev.update(extra)
         if data is not None and self.payload:
             if self._verbatim and type(data) is bytes and len(data) == nbytes:
                 ev["data"] = _b64(data, newline=False).decode("ascii")

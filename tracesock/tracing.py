@@ -40,6 +40,7 @@ def trace(
     capture_all: bool = False,
     capture_required: bool = False,
     iface: str | None = None,
+    keylog: str | None = None,
     **recorder_options: Any,
 ) -> Iterator[Tracing]:
     """Trace every socket created inside the block into ``path`` (JSONL, mode 0600).
@@ -52,6 +53,9 @@ def trace(
     their calls. If capture cannot start (no CAP_NET_RAW, no scapy) the trace goes on
     without it after a one-line warning, or ``CaptureError`` is raised when
     ``capture_required``.
+
+    ``keylog="keys.txt"`` appends the TLS secrets of connections made in the block, in
+    the NSS key log format, so that a capture of them can be decrypted.
     """
     warn = recorder_options.get("warn", _stderr_warn)
     session: CaptureSession | None = None
@@ -67,7 +71,7 @@ def trace(
         raise
     body_failed = False
     try:
-        with socket_class_patched(recorder) as cls:
+        with socket_class_patched(recorder, keylog=keylog) as cls:
             try:
                 yield Tracing(path, recorder, cls)
             except BaseException:

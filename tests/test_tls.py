@@ -1,0 +1,301 @@
+"""TLS: plaintext traced on the socket's own id, keylog, plaintext replay (loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import trustme
+
+import tracesock
+from tracesock.replay import replay
+
+_ORIGINAL_SOCKET = socket.socket
+RESPONSE_CHUNKS = [b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhel",
+                   b"lo ", b"world"]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+class TLSServer:
+    """An HTTPS-ish server on 127.0.0.1, untraced even inside a trace (it builds its
+    accepted sockets from the original class), sending RESPONSE_CHUNKS one by one."""
+
+    def __init__(self, ca: trustme.CA, handler: Callable[[ssl.SSLSocket], None] | None = None):
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost", "127.0.0.1").configure_cert(self.ctx)
+        self.ctx.sslsocket_class = ssl.SSLSocket  # untraced, whatever tracing swaps
+        self.listener = _ORIGINAL_SOCKET()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port: int = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.handler = handler or self.http
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                fd, _ = self.listener._accept()  # type: ignore[attr-defined]
+            except OSError:
+                return
+            raw = _ORIGINAL_SOCKET(fileno=fd)
+            try:
+                with self.ctx.wrap_socket(raw, server_side=True) as s:
+                    self.handler(s)
+            except (OSError, ssl.SSLError):
+                pass
+
+    def http(self, s: ssl.SSLSocket) -> None:
+        req = b""
+        while b"\r\n\r\n" not in req:
+            chunk = s.recv(4096)
+            if not chunk:
+                return
+            req += chunk
+        self.requests.append(req)
+        for chunk in RESPONSE_CHUNKS:
+            s.sendall(chunk)
+            threading.Event().wait(0.02)  # let each chunk be its own recv
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def server(ca: trustme.CA) -> Iterator[TLSServer]:
+    srv = TLSServer(ca)
+    yield srv
+    srv.close()
+
+
+def calls(path: Path) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [rec for rec in lines if rec["type"] == "call"]
+
+
+def https_get(ctx: ssl.SSLContext, port: int) -> tuple[int, bytes]:
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", "/page")
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_https_plaintext_is_traced_on_the_connecting_socket(
+        tmp_path: Path, server: TLSServer, client_ctx: ssl.SSLContext) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)):
+        status, body = https_get(client_ctx, server.port)
+    assert (status, body) == (200, b"hello world")
+    evs = calls(out)
+    assert {e["sock"] for e in evs} == {1}
+    ops = [e["op"] for e in evs]
+    assert ops[0] == "socket" and ops.index("connect") < ops.index("detach")
+    assert ops.index("detach") < ops.index("do_handshake") < ops.index("sendall")
+    hs = next(e for e in evs if e["op"] == "do_handshake")
+    assert hs["tls"] is True and hs["version"].startswith("TLSv1.") and hs["cipher"]
+    assert hs["server_hostname"] == "localhost"
+    sent = [e for e in evs if e["op"] == "sendall"]
+    assert len(sent) == 1 and sent[0]["tls"] is True
+    assert base64.b64decode(sent[0]["data"]).startswith(b"GET /page HTTP/1.1\r\n")
+    received = [base64.b64decode(e["data"]) for e in evs if e["op"] == "recv_into" and e["nbytes"]]
+    assert b"".join(received) == b"".join(RESPONSE_CHUNKS)
+    assert len(received) >= 2  # the server's chunking shows through
+    assert all(e["tls"] for e in evs if e["op"] == "recv_into")
+    assert ops[-1] == "close" and evs[-1]["tls"] is True
+
+
+def test_https_behaves_the_same_traced_and_untraced(
+        tmp_path: Path, server: TLSServer, client_ctx: ssl.SSLContext) -> None:
+    plain = https_get(client_ctx, server.port)
+    with tracesock.trace(str(tmp_path / "t.jsonl")):
+        traced = https_get(client_ctx, server.port)
+    assert plain == traced
+    assert server.requests[0] == server.requests[1]
+
+
+def test_urllib_https_is_traced(tmp_path: Path, server: TLSServer,
+                                client_ctx: ssl.SSLContext) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)), urllib.request.urlopen(f"https://localhost:{server.port}/u",
+                                context=client_ctx, timeout=10) as resp:
+        assert resp.read() == b"hello world"
+    evs = calls(out)
+    data = b"".join(base64.b64decode(e["data"]) for e in evs
+                    if e.get("tls") and e["op"] in ("send", "sendall") and "data" in e)
+    assert data.startswith(b"GET /u HTTP/1.1\r\n")
+
+
+def test_no_payload_keeps_counts_only(tmp_path: Path, server: TLSServer,
+                                      client_ctx: ssl.SSLContext) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out), payload=False):
+        https_get(client_ctx, server.port)
+    evs = [e for e in calls(out) if e.get("tls") and "nbytes" in e]
+    assert evs and all("data" not in e for e in evs)
+    assert sum(e["nbytes"] for e in evs if e["op"] == "recv_into") == len(b"".join(RESPONSE_CHUNKS))
+
+
+def test_unwrap_then_plain_bytes_on_the_same_id(tmp_path: Path, ca: trustme.CA,
+                                                client_ctx: ssl.SSLContext) -> None:
+    def handler(s: ssl.SSLSocket) -> None:
+        assert s.recv(100) == b"secret"
+        plain = s.unwrap()
+        plain.sendall(b"clear")
+        plain.close()
+
+    srv = TLSServer(ca, handler)
+    out = tmp_path / "t.jsonl"
+    try:
+        with tracesock.trace(str(out)):
+            raw = socket.create_connection(("127.0.0.1", srv.port))
+            s = client_ctx.wrap_socket(raw, server_hostname="localhost")
+            s.sendall(b"secret")
+            plain = s.unwrap()
+            assert plain.recv(100) == b"clear"
+            plain.close()
+    finally:
+        srv.close()
+    evs = calls(out)
+    ops = [e["op"] for e in evs]
+    assert "unwrap" in ops
+    assert {e["sock"] for e in evs} == {1}  # unwrap() returns the same socket, now plain
+    assert any(e["op"] == "recv" and e.get("data") == base64.b64encode(b"clear").decode()
+               and "tls" not in e for e in evs)
+
+
+def test_tls_traces_are_valid_against_the_schema(tmp_path: Path, server: TLSServer,
+                                                 client_ctx: ssl.SSLContext) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)):
+        https_get(client_ctx, server.port)
+    text = resources.files("tracesock").joinpath("trace.schema.json").read_text()
+    validator = jsonschema.Draft202012Validator(json.loads(text))
+    for line in out.read_text().splitlines():
+        validator.validate(json.loads(line))
+
+
+def test_https_replays_without_network_or_certificates(
+        tmp_path: Path, server: TLSServer, client_ctx: ssl.SSLContext) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)):
+        assert https_get(client_ctx, server.port) == (200, b"hello world")
+    server.close()
+    # No CA trusted: a real handshake could not succeed. Raw recv() shows the chunks.
+    with replay(str(out)):
+        ctx = ssl.create_default_context()
+        raw = socket.create_connection(("localhost", server.port))
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        s.sendall(base64.b64decode(next(e["data"] for e in calls(out)
+                                        if e["op"] == "sendall")))
+        recorded = [base64.b64decode(e["data"]) for e in calls(out)
+                    if e["op"] == "recv_into" and e["nbytes"]]
+        chunks = [s.recv(8192) for _ in recorded]
+        s.close()
+    assert chunks == recorded
+    with replay(str(out)):
+        assert https_get(ssl.create_default_context(), server.port) == (200, b"hello world")
+
+
+def test_asyncio_tls_plaintext_is_tied_to_the_transport_socket(
+        tmp_path: Path, server: TLSServer, client_ctx: ssl.SSLContext) -> None:
+    async def main() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
+                                                       ssl=client_ctx,
+                                                       server_hostname="localhost")
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        body = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return body
+
+    plain = asyncio.run(main())
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)):
+        traced = asyncio.run(main())
+    assert plain == traced == b"".join(RESPONSE_CHUNKS)
+    evs = calls(out)
+    bio = next(e for e in evs if e["op"] == "wrap_bio")
+    sock_ev = next(e for e in evs if e["op"] == "connect")
+    assert bio["transport"] == sock_ev["sock"]
+    assert any(e["op"] == "do_handshake" and e["sock"] == bio["sock"] for e in evs)
+    writes = [e for e in evs if e["op"] == "write" and e["sock"] == bio["sock"]]
+    assert base64.b64decode(writes[0]["data"]).startswith(b"GET /a")
+    reads = b"".join(base64.b64decode(e["data"]) for e in evs
+                     if e["op"] == "read" and e["sock"] == bio["sock"] and "data" in e)
+    assert reads == traced
+
+
+# -- keylog and capture -----------------------------------------------------------------
+
+
+def _capture_possible() -> str | None:
+    try:
+        s = _ORIGINAL_SOCKET(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    except (PermissionError, AttributeError) as exc:
+        return f"no CAP_NET_RAW ({exc})"
+    s.close()
+    if shutil.which("tshark") is None:
+        return "tshark is not installed"
+    return None
+
+
+def test_keylog_is_written_in_nss_format(tmp_path: Path, server: TLSServer,
+                                         client_ctx: ssl.SSLContext) -> None:
+    keys = tmp_path / "keys.txt"
+    with tracesock.trace(str(tmp_path / "t.jsonl"), keylog=str(keys)):
+        https_get(client_ctx, server.port)
+    labels = {line.split()[0] for line in keys.read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert "CLIENT_TRAFFIC_SECRET_0" in labels or "CLIENT_RANDOM" in labels
+    assert client_ctx.keylog_filename == str(keys)  # set on the context that wrapped
+
+
+def test_keylog_decrypts_the_capture_with_tshark(tmp_path: Path, server: TLSServer,
+                                                 client_ctx: ssl.SSLContext) -> None:
+    reason = _capture_possible()
+    if reason is not None:
+        pytest.skip(reason)
+    keys, cap = tmp_path / "keys.txt", tmp_path / "c.pcapng"
+    with tracesock.trace(str(tmp_path / "t.jsonl"), keylog=str(keys), capture=str(cap),
+                         capture_all=True, capture_required=True):
+        https_get(client_ctx, server.port)
+    base = ["tshark", "-r", str(cap), "-Y", "http.request", "-T", "fields",
+            "-e", "http.request.line", "-e", "http.request.uri"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    without = subprocess.run(base, capture_output=True, text=True, env=env, timeout=60)
+    assert "/page" not in without.stdout
+    options = ["-o", f"tls.keylog_file:{keys}", "-d", f"tcp.port=={server.port},tls"]
+    decrypted = subprocess.run([*base[:3], *options, *base[3:]],
+                               capture_output=True, text=True, env=env, timeout=60)
+    assert "/page" in decrypted.stdout, decrypted.stderr

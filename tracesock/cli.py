@@ -32,6 +32,11 @@ def _add_trace_options(p: argparse.ArgumentParser) -> None:
                    help="with --capture: keep every segment, data and pure ACKs too")
     p.add_argument("--capture-required", action="store_true",
                    help="fail instead of warning when capture cannot start")
+    p.add_argument("--keylog", metavar="KEYS.txt",
+                   help="write TLS session secrets (NSS key log format) to decrypt a capture")
+    p.add_argument("--follow-children", action="store_true",
+                   help="trace the Python child processes too (fork, subprocess, "
+                        "multiprocessing), merged into one trace with a pid on each call")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say on stderr where the trace went, when the program ends")
 

@@ -81,6 +81,7 @@ class Recorder:
         wall: Callable[[], float] = time.time,
         warn: Warn = _stderr_warn,
         header: Mapping[str, Any] | None = None,
+        fork_sink: Callable[[int], Sink] | None = None,
     ) -> None:
         if max_payload is not None and max_payload < 0:
             raise ValueError("max_payload must be >= 0")
@@ -114,6 +115,8 @@ class Recorder:
         }
         if header:
             head.update(header)
+        self._head = head
+        self._fork_sink = fork_sink
         self._write_now(orjson.dumps(head, default=_json_default, option=_OPTS))
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
@@ -290,11 +293,24 @@ class Recorder:
 
     def _in_forked_child(self) -> None:
         # The child shares the parent's mapping: writing into it would interleave with
-        # the parent's lines. Drop the child's copy; the parent's trace stays intact.
+        # the parent's lines. Drop the child's copy (nothing is buffered: every event the
+        # parent finished is already in the file, once). With ``fork_sink`` the child
+        # goes on in a file of its own, same clock and t0, ids continuing the parent's.
         self._lock = threading.Lock()
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.abandon()
+        if sink is None or self._fork_sink is None:
+            return
+        pid = os.getpid()
+        head = {**self._head, "pid": pid, "ppid": os.getppid(), "forked": True,
+                "id_base": self._next_id, "opened": time.time(), "parent_seq": self._seq}
+        try:
+            self._sink = self._fork_sink(pid)
+            self._seq = self._lost = 0
+            self._write_now(orjson.dumps(head, default=_json_default, option=_OPTS))
+        except Exception as exc:
+            self._fail(exc)
 
     def __enter__(self) -> Recorder:
         return self

@@ -101,9 +101,12 @@ def format_call(ev: CallEvent) -> str:
 
 
 def timeline(trace: Trace) -> Iterator[str]:
-    """The calls in start-time order, stamped in milliseconds since the trace began."""
+    """The calls in start-time order, stamped in milliseconds since the trace began
+    (and with the calling process, when the trace followed children)."""
+    many = len({ev.pid for ev in trace.events}) > 1
     for ev in sorted(trace.events, key=lambda e: (e.t, e.seq)):
-        yield f"{ev.t * 1000:10.3f} ms  {format_call(ev)}"
+        who = f"pid {ev.pid:<7} " if many else ""
+        yield f"{ev.t * 1000:10.3f} ms  {who}{format_call(ev)}"
 
 
 def connection_summary(conn: Connection) -> dict[str, Any]:
@@ -123,6 +126,7 @@ def connection_summary(conn: Connection) -> dict[str, Any]:
         "recvs": len(chunks),
         "recv_chunks": chunks,
         "errors": [f"{e.op}: {e.error.type}" for e in conn.events if e.error is not None],
+        "pids": sorted({e.pid for e in conn.events if e.pid is not None}),
     }
 
 
@@ -133,12 +137,15 @@ def stats(trace: Trace) -> dict[str, Any]:
         "complete": trace.complete,
         "events": len(trace.events),
         "sockets": len(conns),
+        "pids": sorted({e.pid for e in trace.events if e.pid is not None}),
         "connections": conns,
     }
 
 
 def format_stats(summary: dict[str, Any]) -> Iterator[str]:
     yield (f"{summary['trace']}: {summary['events']} calls on {summary['sockets']} sockets"
+           + (f" in {len(summary['pids'])} processes" if len(summary.get("pids", ())) > 1
+              else "")
            + ("" if summary["complete"] else " (trace incomplete)"))
     for c in summary["connections"]:
         kind = {"SOCK_STREAM": "tcp", "SOCK_DGRAM": "udp"}.get(c["kind"] or "", c["kind"])
@@ -151,3 +158,5 @@ def format_stats(summary: dict[str, Any]) -> Iterator[str]:
             yield f"           recv chunks: [{shown}]"
         for err in c["errors"]:
             yield f"           error: {err}"
+        if len(summary.get("pids", ())) > 1:
+            yield f"           pids: {', '.join(map(str, c['pids']))}"

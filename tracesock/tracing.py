@@ -9,10 +9,11 @@ of the connections that the finished trace names.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from .capture import CaptureSession, _stderr_warn
+from .children import Following
 from .errors import CaptureError
 from .patching import socket_class_patched
 from .recorder import Recorder
@@ -41,6 +42,7 @@ def trace(
     capture_required: bool = False,
     iface: str | None = None,
     keylog: str | None = None,
+    follow_children: bool = False,
     **recorder_options: Any,
 ) -> Iterator[Tracing]:
     """Trace every socket created inside the block into ``path`` (JSONL, mode 0600).
@@ -56,13 +58,22 @@ def trace(
 
     ``keylog="keys.txt"`` appends the TLS secrets of connections made in the block, in
     the NSS key log format, so that a capture of them can be decrypted.
+
+    ``follow_children=True`` traces the Python child processes the block starts (fork,
+    ``subprocess``, ``multiprocessing``) too, merged into ``path`` at the end with a
+    ``pid`` on every call (children.py).
     """
     warn = recorder_options.get("warn", _stderr_warn)
     session: CaptureSession | None = None
     if capture is not None:  # first: starting it takes a while, keep it out of the trace
         session = _start_capture(capture, capture_all=capture_all, iface=iface,
                                  required=capture_required, warn=warn)
+    follow: Following | None = None
     try:
+        if follow_children:
+            follow = Following(path, {"payload": payload, "max_payload": max_payload,
+                                      "redact": list(redact), "keylog": keylog})
+            recorder_options["fork_sink"] = follow.fork_sink
         recorder = Recorder.open(path, payload=payload, max_payload=max_payload,
                                  redact=redact, argv=argv, **recorder_options)
     except BaseException:
@@ -71,7 +82,8 @@ def trace(
         raise
     body_failed = False
     try:
-        with socket_class_patched(recorder, keylog=keylog) as cls:
+        with socket_class_patched(recorder, keylog=keylog) as cls, \
+                (follow.environment() if follow is not None else nullcontext()):
             try:
                 yield Tracing(path, recorder, cls)
             except BaseException:
@@ -79,6 +91,8 @@ def trace(
                 raise
     finally:
         recorder.close()
+        if follow is not None:
+            follow.merge()
         if session is not None:
             # A failing stop() must not hide the block's own exception: warn instead.
             _stop_capture(session, path, required=capture_required and not body_failed,

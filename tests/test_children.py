@@ -1,0 +1,213 @@
+"""Following child processes: fork, subprocess, multiprocessing; one merged trace."""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tracesock
+from tracesock.tracefile import load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Upper(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data = self.request.recv(100)
+        self.request.sendall(data.upper())
+
+
+class _Forking(socketserver.ForkingTCPServer):
+    allow_reuse_address = True
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def forking_exchange(n: int) -> list[bytes]:
+    srv = _Forking(("127.0.0.1", 0), _Upper)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
+    t.start()
+    got = []
+    try:
+        for i in range(n):
+            with socket.create_connection(srv.server_address[:2]) as c:
+                c.sendall(b"hello %d" % i)
+                got.append(c.recv(100))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join()
+    return got
+
+
+def test_forking_server_children_are_followed(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out), follow_children=True):
+        got = forking_exchange(5)
+    assert got == [b"HELLO %d" % i for i in range(5)]
+    recs = lines(out)
+    head, calls = recs[0], [r for r in recs if r["type"] == "call"]
+    assert recs[-1]["type"] == "end" and recs[-1]["events"] == len(calls)
+    assert [c["seq"] for c in calls] == list(range(1, len(calls) + 1))
+    me = os.getpid()
+    kids = [p for p in head["processes"] if p["pid"] != me]
+    assert len(kids) == 5 and all(p["forked"] and p["ppid"] == me for p in kids)
+    assert all("pid" in c for c in calls)
+    # Each accepted socket: accepted (and closed) in the parent, served in one child.
+    accepted = [c["accepted"] for c in calls if c["op"] == "accept"]
+    for sid in accepted:
+        served = [c for c in calls if c["sock"] == sid and c["op"] in ("recv", "sendall")]
+        assert {c["pid"] for c in served} != {me} and len({c["pid"] for c in served}) == 1
+        assert base64.b64decode(served[0]["data"]).startswith(b"hello")
+    # Nothing written twice: the parent's events are in the trace once each.
+    keys = Counter((c["pid"], c["sock"], c["op"], c["t"]) for c in calls)
+    assert max(keys.values()) == 1
+    trace = load(str(out))
+    assert not trace.warnings
+
+
+def test_without_following_a_forked_child_never_writes_into_the_parent_file(
+        tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)):
+        got = forking_exchange(20)
+    assert len(got) == 20
+    recs = lines(out)  # every line parses: no child wrote into the middle of one
+    calls = [r for r in recs if r["type"] == "call"]
+    assert [c["seq"] for c in calls] == list(range(1, len(calls) + 1))
+    assert {c["op"] for c in calls} >= {"accept", "close"}
+    assert not any(c["op"] == "recv" and c["sock"] in {a["accepted"] for a in calls
+                                                      if a["op"] == "accept"}
+                   for c in calls)  # the children's calls are not in the file
+    assert recs[-1]["type"] == "end"
+
+
+def test_fork_with_pending_thread_writes(tmp_path: Path) -> None:
+    """Threads writing while the main thread forks: the child starts clean."""
+    out = tmp_path / "t.jsonl"
+    stop = threading.Event()
+    a, b = socket.socketpair()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            a.send(b"x")
+            b.recv(10)
+
+    with tracesock.trace(str(out), follow_children=True):
+        a.close(), b.close()
+        a, b = socket.socketpair()
+        t = threading.Thread(target=chatter)
+        t.start()
+        pids = []
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                s = socket.socket()
+                s.close()
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        stop.set()
+        t.join()
+        a.close()
+        b.close()
+    recs = lines(out)
+    calls = [r for r in recs if r["type"] == "call"]
+    kids = {c["pid"] for c in calls} - {os.getpid()}
+    assert kids == set(pids)
+    for pid in pids:
+        assert [c["op"] for c in calls if c["pid"] == pid] == ["socket", "close"]
+    assert len({c["sock"] for c in calls if c["pid"] in kids}) == 5  # unique ids
+
+
+def test_subprocess_python_child_is_traced(tmp_path: Path,
+                                           echo_server: tuple[str, int]) -> None:
+    out = tmp_path / "t.jsonl"
+    code = ("import socket, sys\n"
+            "c = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n"
+            "c.sendall(b'from the child'); print(c.recv(100).decode()); c.close()\n")
+    with tracesock.trace(str(out), follow_children=True):
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, echo_server)],
+                              capture_output=True, text=True, check=True)
+        with socket.create_connection(echo_server) as c:
+            c.sendall(b"from the parent")
+            c.recv(100)
+    assert proc.stdout == "from the child\n" and proc.stderr == ""
+    recs = lines(out)
+    child = next(p for p in recs[0]["processes"] if not p["forked"] and p["ppid"] == os.getpid())
+    calls = [r for r in recs if r["type"] == "call"]
+    mine = [c for c in calls if c["pid"] == child["pid"]]
+    assert [c["op"] for c in mine] == ["socket", "connect", "sendall", "recv", "close"]
+    created = [c["sock"] for c in calls if c["op"] == "socket"]
+    assert len(created) == len(set(created)) == 4  # 2 clients, 2 accepted: unique ids
+    assert sorted(c["t"] for c in calls) != [] and child["complete"]
+    assert "TRACESOCK_FOLLOW" not in os.environ
+
+
+def _mp_child(address: tuple[str, int]) -> None:
+    with socket.create_connection(address) as c:
+        c.sendall(b"mp")
+        c.recv(10)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_children_are_traced(tmp_path: Path, echo_server: tuple[str, int],
+                                             method: str) -> None:
+    out = tmp_path / "t.jsonl"
+    ctx = multiprocessing.get_context(method)
+    with tracesock.trace(str(out), follow_children=True):
+        procs = [ctx.Process(target=_mp_child, args=(echo_server,)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    calls = [r for r in lines(out) if r["type"] == "call"]
+    by_pid = {p.pid: [c["op"] for c in calls if c["pid"] == p.pid] for p in procs}
+    for ops in by_pid.values():
+        assert ops[:4] == ["socket", "connect", "sendall", "recv"]
+
+
+def test_cli_follow_children_show_and_stats(tmp_path: Path,
+                                            echo_server: tuple[str, int]) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import socket, subprocess, sys\n"
+        "addr = (sys.argv[1], int(sys.argv[2]))\n"
+        "code = 'import socket,sys; c=socket.create_connection((sys.argv[1], int(sys.argv[2])));"
+        " c.sendall(b\"kid\"); c.recv(9); c.close()'\n"
+        "subprocess.run([sys.executable, '-c', code, *sys.argv[1:]], check=True)\n"
+        "c = socket.create_connection(addr); c.sendall(b'top'); c.recv(9); c.close()\n")
+    out = tmp_path / "t.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "tracesock", "run", "--follow-children",
+                          "-o", str(out), str(script), *map(str, echo_server)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    calls = [r for r in lines(out) if r["type"] == "call"]
+    assert len({c["pid"] for c in calls}) == 2
+    show = subprocess.run([sys.executable, "-m", "tracesock", "show", str(out)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert show.returncode == 0, show.stderr
+    assert {line.split()[3] for line in show.stdout.splitlines()} == \
+        {str(c["pid"]) for c in calls}
+    stats = subprocess.run([sys.executable, "-m", "tracesock", "stats", "--json", str(out)],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    assert len(json.loads(stats.stdout)["pids"]) == 2
+    assert not list(tmp_path.glob(".tracesock-children-*"))  # merged and removed

@@ -75,6 +75,7 @@ class TracedSSLSocket(ssl.SSLSocket):
     _ts_writing = False
     if TYPE_CHECKING:
         _sslobj: Any
+        _do_handshake_on_connect: bool
 
     @classmethod
     def bound_to(cls, recorder: Recorder, keylog: str | None = None) -> type[TracedSSLSocket]:
@@ -95,8 +96,8 @@ class TracedSSLSocket(ssl.SSLSocket):
                                                  "note": "created before tracing"})
         _keylog(context, cls._ts_keylog)
         # Handshake ourselves, after the id is set, so that it is recorded on this id.
-        self: TracedSSLSocket = super()._create(sock, server_side, False, suppress_ragged_eofs,
-                                                server_hostname, context, session)
+        self: TracedSSLSocket = super()._create(  # type: ignore[misc]
+            sock, server_side, False, suppress_ragged_eofs, server_hostname, context, session)
         self._ts_id = sid
         self._do_handshake_on_connect = do_handshake_on_connect
         if do_handshake_on_connect and self._connected:  # type: ignore[attr-defined]

@@ -409,19 +409,23 @@ def to_json(result: CaptureAnalysis) -> dict[str, Any]:
 # -- running tshark ---------------------------------------------------------------------------
 
 
-def find_tshark() -> str:
-    """The tshark executable: on PATH, else where pyshark's discovery finds it."""
-    found = shutil.which("tshark")
-    if found:
-        return found
+def _pyshark_discovery() -> str | None:
+    """Where pyshark's own discovery (PATH and the usual install folders) finds tshark."""
     try:
         from pyshark.tshark.tshark import get_process_path  # lazy: optional dependency
 
-        path = str(get_process_path())
+        found = str(get_process_path())
     except Exception:
-        path = ""
-    if path and os.path.exists(path):
-        return path
+        return None
+    return found if os.path.isfile(found) else None
+
+
+def find_tshark(which: Callable[[str], str | None] = shutil.which,
+                discover: Callable[[], str | None] = _pyshark_discovery) -> str:
+    """The tshark executable: on PATH, else where pyshark's discovery finds it."""
+    found = which("tshark") or discover()
+    if found:
+        return found
     raise TsharkMissing("analyze needs tshark, which is not installed "
                         f"(Debian/Ubuntu: apt-get install {TSHARK_PACKAGE})")
 
@@ -444,7 +448,7 @@ def tshark_rows(path: str, *, progress: Progress | None = None) -> Iterator[list
     overhead)."""
     if not os.path.isfile(path):
         raise AnalysisError(f"analyze: cannot read {path!r}: no such file")
-    tshark = find_tshark()
+    tshark = find_tshark(shutil.which, _pyshark_discovery)
     for comment in (*COMMENT_FIELDS, None):
         proc = subprocess.Popen(tshark_command(tshark, path, comment), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, encoding="utf-8",

@@ -342,9 +342,9 @@ def format_analysis(result: CaptureAnalysis, *, max_rows: int = 40) -> Iterator[
                    f"wscale={hs.opener_wscale}; {_ep(hs.listener)} MSS={hs.listener_mss} "
                    f"wscale={hs.listener_wscale}")
         for d in s.directions:
-            again = f", {d.retransmitted_bytes} bytes sent again" if d.retransmitted_bytes else ""
-        yield (f"  data {_ep(d.src)} -> {_ep(d.dst)}: {d.bytes} bytes in "
-               f"{d.data_segments} data segments ({d.segments} segments in all{again})")
+            again = f", {d.retransmitted_bytes} sent again" if d.retransmitted_bytes else ""
+            yield (f"  data {_ep(d.src)} -> {_ep(d.dst)}: {d.bytes} bytes in "
+                   f"{d.data_segments} data segments ({d.segments} segments in all{again})")
         yield f"  teardown: {_teardown_text(s)}"
         if s.analysis_flags:
             counts = ", ".join(f"{k} x{v}" for k, v in s.analysis_flags.items())
@@ -457,6 +457,8 @@ def tshark_rows(path: str, *, progress: Progress | None = None) -> Iterator[list
         first = proc.stdout.readline()
         if not first:
             err = proc.stderr.read()
+            proc.stdout.close()
+            proc.stderr.close()
             proc.wait()
             if comment is not None and "aren't valid" in err and comment in err:
                 continue  # this tshark names the comment field differently

@@ -211,3 +211,29 @@ def test_cli_follow_children_show_and_stats(tmp_path: Path,
     assert stats.returncode == 0, stats.stderr
     assert len(json.loads(stats.stdout)["pids"]) == 2
     assert not list(tmp_path.glob(".tracesock-children-*"))  # merged and removed
+
+
+def test_a_would_block_held_at_fork_time_is_written_once(tmp_path: Path) -> None:
+    """The one thing a recorder holds back (a run of would-blocks being folded) stays
+    with the parent: the child does not write it again."""
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out), follow_children=True):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        for _ in range(3):
+            with pytest.raises(BlockingIOError):
+                a.recv(1)
+        pid = os.fork()
+        if pid == 0:
+            a.close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        b.send(b"x")
+        a.recv(1)
+        a.close()
+        b.close()
+    calls = [r for r in lines(out) if r["type"] == "call"]
+    blocked = [c for c in calls if c.get("error", {}).get("type") == "BlockingIOError"]
+    assert len(blocked) == 1 and blocked[0]["count"] == 3 and blocked[0]["pid"] == os.getpid()
+    assert [c["op"] for c in calls if c["pid"] == pid] == ["close"]
+    assert [c["sock"] for c in calls if c["pid"] == pid] == [1]  # the inherited id

@@ -35,6 +35,7 @@ Clock = Callable[[], float]
 Warn = Callable[[str], None]
 
 _OPTS = orjson.OPT_APPEND_NEWLINE
+_WOULD_BLOCK = frozenset({"BlockingIOError", "SSLWantReadError", "SSLWantWriteError"})
 _get_ident = threading.get_ident
 _dumps = orjson.dumps
 _b64 = binascii.b2a_base64
@@ -93,6 +94,7 @@ class Recorder:
         self._seq = 0
         self._next_id = 0
         self._lost = 0
+        self._held: dict[int, dict[str, Any]] = {}  # would-block results being folded
         self.payload = payload
         self.max_payload = max_payload
         self._redact = [re.compile(p.encode("utf-8")) for p in redact]
@@ -195,6 +197,8 @@ class Recorder:
             if sink is None:
                 self._lost += 1
                 return
+            if self._held and sock in self._held:
+                self._release(sink, sock)
             self._seq = seq = self._seq + 1
             ev["seq"] = seq
             try:
@@ -226,7 +230,10 @@ class Recorder:
         }
         ev.update(fields)
         ev["error"] = err
-        self._emit(ev)
+        if err["type"] in _WOULD_BLOCK:
+            self._fold(ev)
+        else:
+            self._emit(ev)
 
     def _add_payload(self, ev: dict[str, Any], data: Any, nbytes: int) -> None:
         raw = bytes(data[:nbytes]) if len(data) != nbytes else bytes(data)
@@ -246,12 +253,44 @@ class Recorder:
             if sink is None:
                 self._lost += 1
                 return
+            if self._held and ev["sock"] in self._held:
+                self._release(sink, ev["sock"])
             self._seq = seq = self._seq + 1
             ev["seq"] = seq
             try:
                 sink.spill(_dumps(ev, default=_json_default, option=_OPTS))
             except Exception as exc:
                 self._write_failed(sink, ev, exc)
+
+    # Would-block results (BlockingIOError, SSLWantRead/WriteError) of non-blocking code
+    # come in runs: a run of the same op on the same socket is one event, held back
+    # until that socket's next call (or the end), then written with its "count" and a
+    # "dur" from the first attempt's start to the last one's end.
+
+    def _fold(self, ev: dict[str, Any]) -> None:
+        with self._lock:
+            if self._sink is None:
+                self._lost += 1
+                return
+            sock = ev["sock"]
+            held = self._held.get(sock)
+            if held is not None and held["op"] == ev["op"]:
+                held["count"] = held.get("count", 1) + 1
+                held["dur"] = ev["t"] + ev["dur"] - held["t"]
+                return
+            if held is not None:
+                self._release(self._sink, sock)
+            self._held[sock] = ev
+
+    def _release(self, sink: Sink, sock: int) -> None:
+        """Write the held would-block event of ``sock`` (lock held)."""
+        ev = self._held.pop(sock)
+        self._seq = seq = self._seq + 1
+        ev["seq"] = seq
+        try:
+            sink.spill(_dumps(ev, default=_json_default, option=_OPTS))
+        except Exception as exc:
+            self._write_failed(sink, ev, exc)
 
     def _write_failed(self, sink: Sink, ev: dict[str, Any], exc: Exception) -> None:
         """Called with the lock held when encoding or writing ``ev`` raised ``exc``."""
@@ -283,6 +322,8 @@ class Recorder:
             sink, self._sink = self._sink, None
             if sink is None:
                 return
+            for sock in list(self._held):
+                self._release(sink, sock)
             end = {"type": "end", "t": self._clock() - self._t0, "events": self._seq,
                    "lost": self._lost}
             try:
@@ -297,6 +338,7 @@ class Recorder:
         # parent finished is already in the file, once). With ``fork_sink`` the child
         # goes on in a file of its own, same clock and t0, ids continuing the parent's.
         self._lock = threading.Lock()
+        self._held = {}  # the parent writes these
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.abandon()

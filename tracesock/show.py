@@ -74,8 +74,12 @@ def format_call(ev: CallEvent) -> str:
     """One line for a call: id, call, outcome, bytes and a payload preview."""
     head = f"sock {ev.sock:<3} {call_label(ev)}"
     if ev.error is not None:
-        return f"{head} -> {ev.error.type}: {ev.error.message}"
+        count = ev.extra.get("count")
+        times = f" (x{count} in a row)" if count else ""
+        return f"{head} -> {ev.error.type}: {ev.error.message}{times}"
     op = ev.op
+    if ev.extra.get("tls"):
+        head += " [tls]"
     if ev.is_recv:
         if ev.nbytes == 0:
             return f"{head} = 0 bytes (peer closed: FIN)" if ev.kind != "SOCK_DGRAM" else \
@@ -92,6 +96,8 @@ def format_call(ev: CallEvent) -> str:
         return f"{head} fd={ev.fd}{parent}"
     if op == "bind":
         return f"{head} {format_addr(ev.laddr)}"
+    if op == "do_handshake":
+        return f"{head} {ev.extra.get('version')} {ev.extra.get('cipher')}"
     if op == "close":
         return head if ev.extra.get("fd_closed", True) else \
             f"{head} (descriptor kept open by makefile objects)"

@@ -124,3 +124,17 @@ def test_trace_html_escapes_and_works_as_repr() -> None:
     with_capture = trace_html(load(str(CAPTURES / "echo.jsonl")),
                               str(CAPTURES / "echo.pcapng"))
     assert "SYN,ACK" in with_capture
+
+
+def test_load_ext_tracesock_and_trace_repr_html() -> None:
+    """``%load_ext tracesock`` (the package itself) and a Trace shown as HTML."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import tracesock
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "tracesock")
+    assert "tracesock" in shell.magics_manager.magics["cell"]
+    golden = Path(__file__).resolve().parent.parent / "captures" / "echo.jsonl"
+    html = tracesock.load(str(golden))._repr_html_()
+    assert "<table" in html and "<svg" in html

@@ -4,6 +4,8 @@ The public API is listed in ``__all__``; everything else is internal. Importing
 tracesock never imports scapy or pyshark (capture and analysis load them on use).
 """
 
+from typing import Any
+
 from .errors import (
     CaptureError,
     ReplayError,
@@ -21,6 +23,14 @@ from .tracefile import Connection, Trace, TraceReader, load
 from .tracing import Tracing, trace
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext tracesock``: registers the ``%%tracesock`` cell magic (notebook.py)."""
+    from .notebook import load_ipython_extension as load
+
+    load(ipython)
+
 
 __all__ = [
     "CallEvent",
@@ -43,6 +53,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "load",
+    "load_ipython_extension",
     "replay",
     "trace",
 ]

@@ -76,6 +76,12 @@ class Trace:
     end: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
+    def _repr_html_(self) -> str:
+        """How a Trace shows itself in Jupyter: a table of connections and a diagram."""
+        from .notebook import trace_html
+
+        return trace_html(self)
+
     @property
     def complete(self) -> bool:
         """True when the traced process finished the trace cleanly."""

@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -299,3 +300,124 @@ def test_keylog_decrypts_the_capture_with_tshark(tmp_path: Path, server: TLSServ
     decrypted = subprocess.run([*base[:3], *options, *base[3:]],
                                capture_output=True, text=True, env=env, timeout=60)
     assert "/page" in decrypted.stdout, decrypted.stderr
+
+
+# -- more clients: smtplib STARTTLS, a TLS listener, the CLI ----------------------------
+
+
+def test_smtplib_starttls_plaintext_is_traced(tmp_path: Path, ca: trustme.CA,
+                                             client_ctx: ssl.SSLContext) -> None:
+    import smtplib
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    server_ctx.sslsocket_class = ssl.SSLSocket
+    lst = _ORIGINAL_SOCKET()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+
+    def serve() -> None:
+        fd, _ = lst._accept()  # type: ignore[attr-defined]
+        conn: Any = _ORIGINAL_SOCKET(fileno=fd)
+        f = conn.makefile("rwb")
+
+        def say(line: bytes) -> None:
+            f.write(line + b"\r\n")
+            f.flush()
+
+        say(b"220 localhost ESMTP")
+        while line := f.readline():
+            cmd = line.strip().upper()
+            if cmd.startswith(b"EHLO"):
+                say(b"250-localhost")
+                say(b"250 STARTTLS")
+            elif cmd == b"STARTTLS":
+                say(b"220 go ahead")
+                f.close()
+                conn = server_ctx.wrap_socket(conn, server_side=True)
+                f = conn.makefile("rwb")
+            elif cmd == b"QUIT":
+                say(b"221 bye")
+                break
+            else:
+                say(b"250 ok")
+        f.close()
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    out = tmp_path / "t.jsonl"
+    try:
+        with tracesock.trace(str(out)), \
+                smtplib.SMTP("127.0.0.1", lst.getsockname()[1], timeout=10) as smtp:
+            smtp.ehlo()
+            smtp.starttls(context=client_ctx)
+            smtp.ehlo()
+            smtp.noop()
+    except ssl.SSLCertVerificationError:
+        pytest.fail("the test's CA should be trusted")
+    finally:
+        lst.close()
+        t.join(5)
+    evs = calls(out)
+    ops = [e["op"] for e in evs]
+    hs = ops.index("do_handshake")
+    clear = b"".join(base64.b64decode(e["data"]) for e in evs[:hs] if e["op"] == "sendall")
+    secret = b"".join(base64.b64decode(e["data"]) for e in evs[hs:]
+                      if e["op"] == "sendall" and e.get("tls"))
+    assert b"STARTTLS" in clear and b"STARTTLS" not in secret
+    assert secret.startswith(b"ehlo ") and b"noop" in secret and b"QUIT" in secret
+    assert {e["sock"] for e in evs} == {1}
+
+
+def test_tls_listener_accept_is_traced(tmp_path: Path, ca: trustme.CA,
+                                       client_ctx: ssl.SSLContext) -> None:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)):
+        lst = server_ctx.wrap_socket(socket.socket(), server_side=True)
+        lst.bind(("127.0.0.1", 0))
+        lst.listen()
+        port = lst.getsockname()[1]
+
+        def client() -> None:
+            with socket.create_connection(("127.0.0.1", port)) as raw, \
+                    client_ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"ping")
+                s.recv(10)
+
+        t = threading.Thread(target=client)
+        t.start()
+        conn, _ = lst.accept()
+        assert conn.recv(10) == b"ping"
+        conn.sendall(b"pong")
+        t.join()
+        conn.close()
+        lst.close()
+    evs = calls(out)
+    accept = next(e for e in evs if e["op"] == "accept")
+    assert 0 not in {e["sock"] for e in evs}
+    served = [e for e in evs if e["sock"] == accept["accepted"]]
+    assert [e["op"] for e in served if e.get("tls")][:3] == ["do_handshake", "recv", "sendall"]
+
+
+def test_cli_run_keylog(tmp_path: Path, server: TLSServer, ca: trustme.CA) -> None:
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    script = tmp_path / "fetch.py"
+    script.write_text(
+        "import http.client, ssl, sys\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[2])\n"
+        "c = http.client.HTTPSConnection('localhost', int(sys.argv[1]), context=ctx)\n"
+        "c.request('GET', '/cli'); print(c.getresponse().read().decode())\n")
+    out, keys = tmp_path / "t.jsonl", tmp_path / "keys.txt"
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "tracesock", "run", "--keylog", str(keys),
+                          "-o", str(out), str(script), str(server.port), str(cafile)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "hello world\n"
+    assert "CLIENT_TRAFFIC_SECRET_0" in keys.read_text()
+    assert any(e.get("tls") and e["op"] == "sendall" for e in calls(out))

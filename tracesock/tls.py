@@ -71,11 +71,13 @@ class TracedSSLSocket(ssl.SSLSocket):
     _ts_rec: ClassVar[Recorder]
     _ts_keylog: ClassVar[str | None] = None
     _ts_id = 0  # set per instance by _create
-    _ts_reading = False
-    _ts_writing = False
+    # True until _create has set the id: SSLSocket._create itself calls recv(1) on
+    # unconnected sockets (pre-handshake data check), which must pass through untraced.
+    _ts_reading = True
+    _ts_writing = True
     if TYPE_CHECKING:
         _sslobj: Any
-        _do_handshake_on_connect: bool
+        do_handshake_on_connect: bool
 
     @classmethod
     def bound_to(cls, recorder: Recorder, keylog: str | None = None) -> type[TracedSSLSocket]:
@@ -99,7 +101,8 @@ class TracedSSLSocket(ssl.SSLSocket):
         self: TracedSSLSocket = super()._create(  # type: ignore[misc]
             sock, server_side, False, suppress_ragged_eofs, server_hostname, context, session)
         self._ts_id = sid
-        self._do_handshake_on_connect = do_handshake_on_connect
+        self._ts_reading = self._ts_writing = False  # from now on, record
+        self.do_handshake_on_connect = do_handshake_on_connect
         if do_handshake_on_connect and self._connected:  # type: ignore[attr-defined]
             try:
                 if self.gettimeout() == 0.0:

@@ -165,7 +165,7 @@ def _mp_child(address: tuple[str, int]) -> None:
         c.recv(10)
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_multiprocessing_children_are_traced(tmp_path: Path, echo_server: tuple[str, int],
                                              method: str) -> None:
     out = tmp_path / "t.jsonl"
@@ -179,8 +179,9 @@ def test_multiprocessing_children_are_traced(tmp_path: Path, echo_server: tuple[
     assert [p.exitcode for p in procs] == [0, 0]
     calls = [r for r in lines(out) if r["type"] == "call"]
     by_pid = {p.pid: [c["op"] for c in calls if c["pid"] == p.pid] for p in procs}
-    for ops in by_pid.values():
-        assert ops[:4] == ["socket", "connect", "sendall", "recv"]
+    for ops in by_pid.values():  # (a forkserver child first closes what it inherited)
+        start = ops.index("socket")
+        assert ops[start:start + 4] == ["socket", "connect", "sendall", "recv"]
 
 
 def test_cli_follow_children_show_and_stats(tmp_path: Path,
@@ -237,3 +238,26 @@ def test_a_would_block_held_at_fork_time_is_written_once(tmp_path: Path) -> None
     assert len(blocked) == 1 and blocked[0]["count"] == 3 and blocked[0]["pid"] == os.getpid()
     assert [c["op"] for c in calls if c["pid"] == pid] == ["close"]
     assert [c["sock"] for c in calls if c["pid"] == pid] == [1]  # the inherited id
+
+
+def test_the_programs_own_sitecustomize_still_runs(tmp_path: Path) -> None:
+    own = tmp_path / "site"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import os\nos.environ['OWN_SITE'] = 'yes'\n")
+    out = tmp_path / "t.jsonl"
+    env_before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(own)
+    try:
+        with tracesock.trace(str(out), follow_children=True):
+            proc = subprocess.run(
+                [sys.executable, "-c", "import os, socket, sys; socket.socket().close(); "
+                 "print(os.environ.get('OWN_SITE'), 'tracesock' in sys.modules)"],
+                capture_output=True, text=True, check=True)
+    finally:
+        if env_before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = env_before
+    assert proc.stdout == "yes True\n" and proc.stderr == ""
+    calls = [r for r in lines(out) if r["type"] == "call"]
+    assert [c["op"] for c in calls] == ["socket", "close"]

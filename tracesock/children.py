@@ -64,8 +64,10 @@ class Following:
     def environment(self) -> Iterator[None]:
         """Set the variables that make exec'd Python children trace themselves."""
         saved = {k: os.environ.get(k) for k in (ENV, "PYTHONPATH")}
-        os.environ[ENV] = json.dumps({"dir": self.dir, "options": self.options})
-        paths = [BOOTSTRAP, _PACKAGE_PARENT]
+        os.environ[ENV] = json.dumps({"dir": self.dir, "options": self.options,
+                                      "root": _PACKAGE_PARENT,
+                                      "python": list(sys.version_info[:2])})
+        paths = [BOOTSTRAP]  # tracesock itself is found through "root", only by the bootstrap
         if saved["PYTHONPATH"]:
             paths.append(saved["PYTHONPATH"])
         os.environ["PYTHONPATH"] = os.pathsep.join(paths)

@@ -12,9 +12,11 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 import tracesock
@@ -78,6 +80,10 @@ def test_forking_server_children_are_followed(tmp_path: Path) -> None:
     assert max(keys.values()) == 1
     trace = load(str(out))
     assert not trace.warnings
+    text = resources.files("tracesock").joinpath("trace.schema.json").read_text()
+    validator = jsonschema.Draft202012Validator(json.loads(text))
+    for rec in recs:
+        validator.validate(rec)
 
 
 def test_without_following_a_forked_child_never_writes_into_the_parent_file(

@@ -51,9 +51,9 @@ class Following:
     """The per-process files of one followed trace, and how children find them."""
 
     def __init__(self, path: str, options: dict[str, Any]) -> None:
-        self.path = path
+        self.path = os.path.abspath(path)  # the program may chdir before the merge
         self.dir = tempfile.mkdtemp(prefix=".tracesock-children-",
-                                    dir=os.path.dirname(os.path.abspath(path)))
+                                    dir=os.path.dirname(self.path))
         self.options = options  # payload, max_payload, redact, keylog: for exec'd children
         self.pid = os.getpid()  # only this process merges (a forked child may exit too)
 

@@ -267,3 +267,37 @@ def test_the_programs_own_sitecustomize_still_runs(tmp_path: Path) -> None:
     assert proc.stdout == "yes True\n" and proc.stderr == ""
     calls = [r for r in lines(out) if r["type"] == "call"]
     assert [c["op"] for c in calls] == ["socket", "close"]
+
+
+def test_a_forking_server_trace_replays(tmp_path: Path) -> None:
+    from tracesock.replay import replay
+
+    out = tmp_path / "t.jsonl"
+    with socket.socket() as probe:  # a free port, so that the replay can ask for it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Record the whole program (server and clients), then replay it: the forked
+    # children answer from their copy of the recording; the parent does not check
+    # the sends it cannot see (theirs).
+    with tracesock.trace(str(out), follow_children=True):
+        recorded = _forking_on(port, 3)
+    with replay(str(out)):
+        replayed = _forking_on(port, 3)
+    assert replayed == recorded == [b"HELLO %d" % i for i in range(3)]
+
+
+def _forking_on(port: int, n: int) -> list[bytes]:
+    srv = _Forking(("127.0.0.1", port), _Upper)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
+    t.start()
+    got = []
+    try:
+        for i in range(n):
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(b"hello %d" % i)
+                got.append(c.recv(100))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join()
+    return got

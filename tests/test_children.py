@@ -301,3 +301,29 @@ def _forking_on(port: int, n: int) -> list[bytes]:
         srv.server_close()
         t.join()
     return got
+
+
+def test_cli_forked_child_that_exits_normally(tmp_path: Path) -> None:
+    """The child runs the atexit hooks too: it finishes its own file, never the merge."""
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import os, socket, sys\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    socket.socket().close()\n"
+        "    sys.exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "socket.socket().close()\n"
+        "print('done')\n")
+    out = tmp_path / "t.jsonl"
+    run = subprocess.run([sys.executable, "-m", "tracesock", "run", "--follow-children",
+                          "-o", str(out), str(script)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "done\n", "")
+    recs = lines(out)
+    kid = next(p for p in recs[0]["processes"] if p["forked"])
+    assert kid["complete"] and kid["events"] == 2
+    calls = [r for r in recs if r["type"] == "call"]
+    assert len(calls) == 4 and len({c["sock"] for c in calls}) == 2
+    assert recs[-1]["type"] == "end" and recs[-1]["events"] == 4
+    assert not list(tmp_path.glob(".tracesock-children-*"))

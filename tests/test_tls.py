@@ -421,3 +421,20 @@ def test_cli_run_keylog(tmp_path: Path, server: TLSServer, ca: trustme.CA) -> No
     assert run.stdout == "hello world\n"
     assert "CLIENT_TRAFFIC_SECRET_0" in keys.read_text()
     assert any(e.get("tls") and e["op"] == "sendall" for e in calls(out))
+
+
+def test_a_socket_made_before_tracing_gets_an_id_when_wrapped(
+        tmp_path: Path, server: TLSServer, client_ctx: ssl.SSLContext) -> None:
+    raw = socket.create_connection(("127.0.0.1", server.port))  # not traced
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out)), \
+            client_ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        got = b""
+        while chunk := s.recv(100):
+            got += chunk
+    assert got == b"".join(RESPONSE_CHUNKS)
+    evs = calls(out)
+    assert evs[0]["op"] == "socket" and evs[0]["note"] == "created before tracing"
+    assert {e["sock"] for e in evs} == {1}
+    assert [e["op"] for e in evs][1:3] == ["do_handshake", "sendall"]

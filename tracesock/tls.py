@@ -197,7 +197,11 @@ class TracedSSLSocket(ssl.SSLSocket):
     def connect_ex(self, addr: Any) -> int:
         rec = self._ts_rec
         start = rec.now()
-        code = super().connect_ex(addr)
+        try:
+            code = super().connect_ex(addr)
+        except BaseException as exc:  # the handshake after connecting can raise
+            rec.failure(self._ts_id, "connect_ex", start, exc, {"args": {"address": addr}})
+            raise
         rec.event(self._ts_id, "connect_ex", start, {"args": {"address": addr},
                                                       "result": code, **self._ts_addrs()})
         return code

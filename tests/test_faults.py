@@ -222,9 +222,6 @@ def test_disk_full_stops_tracing_with_one_warning(tmp_path: Path, program: Path)
         assert 0 < len(rounds) < 3000 and rounds == list(range(len(rounds)))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: the first window (4 MiB) is reserved "
-                   "up front, so on a disk with less free space `tracesock run` refuses to "
-                   "start (exit 2) even for a trace of a few KB")
 def test_nearly_full_disk_still_traces_a_small_program(tmp_path: Path,
                                                       program: Path) -> None:
     args = ("exit3", "200")
@@ -238,9 +235,6 @@ def test_nearly_full_disk_still_traces_a_small_program(tmp_path: Path,
         assert trace.complete and _client_rounds(trace) == list(range(200))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: open_sink opens a FIFO or pipe O_RDWR, so "
-                   "the traced process holds a read end itself: when the reader goes away "
-                   "writes block forever (no EPIPE) and the program hangs")
 def test_output_pipe_closed_by_its_reader_stops_tracing(tmp_path: Path,
                                                        program: Path) -> None:
     fifo = tmp_path / "trace.fifo"

@@ -159,9 +159,37 @@ def _print_warnings(warnings: Sequence[str]) -> None:
         print(f"tracesock: warning: {w}", file=sys.stderr)
 
 
+def _split_run(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``run [OPTIONS] (SCRIPT | -m MODULE) ARGS...`` where Python would: every word
+    after the script (or after ``-m MODULE``) belongs to the program, even ``-v``."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run = sub.choices["run"]
+    takes_value = {opt for action in run._actions if action.nargs != 0
+                   for opt in action.option_strings}
+    i = argv.index("run") + 1
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return argv[:i], argv[i + 1:]
+        if word == "-m":
+            return argv[: i + 2], argv[i + 2:]
+        if not word.startswith("-") or word == "-":
+            return argv[:i], argv[i:]
+        if word in takes_value:
+            i += 1
+        i += 1
+    return argv, []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    program: list[str] | None = None
+    if words and words[0] == "run":
+        words, program = _split_run(parser, words)
+    args = parser.parse_args(words)
+    if program is not None:
+        args.target = program
     try:
         return _COMMANDS[args.command](args)
     except TracesockError as exc:

@@ -15,6 +15,7 @@ Files that cannot be mapped (a pipe, /dev/stdout) get a plain ``os.write`` per l
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -35,7 +36,8 @@ class Sink(Protocol):
     def abandon(self) -> None: ...
 
 
-_FIRST = 4 << 20  # bytes of the first window
+_FIRST = 1 << 20  # bytes of the first window
+_MIN_WINDOW = 16 << 10  # the smallest window tried when the disk is nearly full
 _MAX_STEP = 32 << 20  # windows double up to this size
 # Pre-faulting a window's pages costs ~1 ms per MiB once, and saves ~0.4 us per
 # event that would otherwise fault a fresh page cache page in on first touch.
@@ -43,16 +45,22 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def open_sink(path: str) -> Sink:
-    """Open ``path`` for a trace, mode 0600 (traces can hold secrets)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
+    """Open ``path`` for a trace, mode 0600 (traces can hold secrets).
+
+    A regular file (or a new one) is mapped; anything else (a pipe, a FIFO, a terminal)
+    is opened write-only, so that a reader going away is an EPIPE, not a hang.
+    """
     try:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):
-            os.ftruncate(fd, 0)
-            os.fchmod(fd, 0o600)
-            return MmapSink(fd)
-        return StreamSink(fd)
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        regular = True
+    if not regular:
+        return StreamSink(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, 0)
+        os.fchmod(fd, 0o600)
+        return MmapSink(fd)
     except BaseException:
         os.close(fd)
         raise
@@ -76,7 +84,15 @@ class MmapSink:
 
     def _open_window(self) -> None:
         start, size = self._window_end, self._next_size
-        os.posix_fallocate(self._fd, start, size)
+        while True:
+            try:
+                os.posix_fallocate(self._fd, start, size)
+                break
+            except OSError as exc:
+                # A nearly full disk: take a smaller window while one fits.
+                if exc.errno != errno.ENOSPC or size <= _MIN_WINDOW:
+                    raise
+                size //= 2
         window = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED | _POPULATE, offset=start)
         if self._window is not None:
             self._window.close()

@@ -31,6 +31,13 @@ _send = socket.socket.send
 _sendall = socket.socket.sendall
 _recv = socket.socket.recv
 _recv_into = socket.socket.recv_into
+_sendto = socket.socket.sendto
+
+
+def _sendto_args(args: tuple[Any, ...]) -> dict[str, Any]:
+    if len(args) == 2:
+        return {"address": args[1], "flags": args[0]} if args[0] else {"address": args[1]}
+    return {"address": args[0]} if len(args) == 1 else {}
 _socket_makefile: Any = socket.socket.makefile
 
 _SHUT = {socket.SHUT_RD: "SHUT_RD", socket.SHUT_WR: "SHUT_WR", socket.SHUT_RDWR: "SHUT_RDWR"}
@@ -220,8 +227,13 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         except BaseException as exc:
             rec.failure(self._ts_id, "accept", start, exc, {})
             raise
-        sock = type(self)(self.family, self.type, self.proto, fileno=fd, recorder=rec,
-                          _parent=self._ts_id)
+        # socket.socket.accept builds the module's current ``socket`` class, not
+        # type(self) (a subclass may take other arguments): do the same.
+        cls = socket.socket
+        if cls.__dict__.get("_ts_recorder") is not rec:
+            cls = TracedSocket
+        sock: TracedSocket = cls(self.family, self.type, self.proto, fileno=fd,  # type: ignore[call-arg,assignment]
+                                 recorder=rec, _parent=self._ts_id)
         rec.event(self._ts_id, "accept", start,
                   {"accepted": sock._ts_id, "fd": fd, "raddr": addr,
                    "laddr": sock._ts_name(sock.getsockname)})
@@ -254,22 +266,17 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         rec.transfer(self._ts_id, "sendall", start, _nbytes(data), _payload(data),
                      {"flags": flags} if flags else {})
 
-    def sendto(self, data: Any, flags_or_addr: Any, addr: Any = None, /) -> int:
+    def sendto(self, data: Any, *args: Any) -> int:
+        # sendto(data, address) or sendto(data, flags, address): the C method parses the
+        # arguments (and words its own errors); the record reads them afterwards.
         rec = self._ts_rec
-        if addr is None:
-            flags, address = 0, flags_or_addr
-        else:
-            flags, address = flags_or_addr, addr
-        args: dict[str, Any] = {"address": address}
-        if flags:
-            args["flags"] = flags
         start = rec.now()
         try:
-            n = super().sendto(data, flags, address)
+            n = _sendto(self, data, *args)
         except BaseException as exc:
-            rec.failure(self._ts_id, "sendto", start, exc, {"args": args})
+            rec.failure(self._ts_id, "sendto", start, exc, {"args": _sendto_args(args)})
             raise
-        rec.transfer(self._ts_id, "sendto", start, n, _payload(data), args)
+        rec.transfer(self._ts_id, "sendto", start, n, _payload(data), _sendto_args(args))
         return n
 
     def sendmsg(self, buffers: Iterable[Any], ancdata: Any = (), flags: int = 0,
@@ -450,8 +457,14 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         except BaseException as exc:
             rec.failure(self._ts_id, "dup", start, exc, {})
             raise
-        sock = type(self)(self.family, self.type, self.proto, fileno=fd, recorder=rec)
-        rec.event(self._ts_id, "dup", start, {"new": sock._ts_id, "fd": fd})
+        # socket.socket.dup builds self.__class__ with four arguments: do the same
+        # (a bound class knows its recorder; otherwise say it).
+        cls = type(self)
+        if getattr(cls, "_ts_recorder", None) is rec or not issubclass(cls, TracedSocket):
+            sock = cls(self.family, self.type, self.proto, fileno=fd)
+        else:
+            sock = cls(self.family, self.type, self.proto, fileno=fd, recorder=rec)
+        rec.event(self._ts_id, "dup", start, {"new": getattr(sock, "_ts_id", None), "fd": fd})
         sock.settimeout(self.gettimeout())
         return sock
 

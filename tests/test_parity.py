@@ -203,3 +203,19 @@ def test_accept_on_a_socket_subclass_returns_a_plain_socket(tmp_path: Path) -> N
                    "(see KNOWN_BUGS)")
 def test_sendto_argument_errors_are_python_s(tmp_path: Path) -> None:
     _same_as_plain(tmp_path, SENDTO_ERRORS)
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: argparse parses options right after "
+                   "`-m MODULE` as tracesock's own (-v is --verbose, others 'unrecognized'), "
+                   "where python -m MODULE passes them to the module")
+def test_options_after_dash_m_go_to_the_module(tmp_path: Path) -> None:
+    (tmp_path / "argvmod.py").write_text("import sys\nprint(sys.argv[1:])\n")
+    plain = subprocess.run([sys.executable, "-m", "argvmod", "-v", "--junit-xml", "x"],
+                           capture_output=True, text=True, timeout=60, env=_env(),
+                           cwd=tmp_path)
+    traced = subprocess.run([sys.executable, "-m", "tracesock", "run", "-o", "t.jsonl", "-m",
+                             "argvmod", "-v", "--junit-xml", "x"], capture_output=True,
+                            text=True, timeout=60, env=_env(), cwd=tmp_path)
+    assert plain.stdout == "['-v', '--junit-xml', 'x']\n"
+    assert (traced.returncode, traced.stdout, traced.stderr) == \
+        (plain.returncode, plain.stdout, plain.stderr)

@@ -87,7 +87,7 @@ class Following:
         try:
             files = [os.path.join(self.dir, name) for name in os.listdir(self.dir)
                      if name.endswith(".jsonl")]
-            if files:
+            if files and os.path.isfile(self.path):  # (a pipe cannot be rewritten)
                 merge_files(self.path, files)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)

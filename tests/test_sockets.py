@@ -307,3 +307,15 @@ def test_forked_child_does_not_write_into_the_parents_trace(tmp_path: Path) -> N
     trace = tracesock.load(str(out))
     assert trace.warnings == []
     assert not any(e.op == "send" for e in trace.events)
+
+
+def test_socket_options_are_named_as_the_program_wrote_them(tmp_path: Path) -> None:
+    out = tmp_path / "opts.jsonl"
+    with tracesock.trace(str(out)):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.close()
+    opts = [e.args for e in tracesock.load(str(out)).events if e.op == "setsockopt"]
+    assert [(a["level"], a["option"], a["value"]) for a in opts] == [
+        ("SOL_SOCKET", "SO_REUSEADDR", 1), ("IPPROTO_TCP", "TCP_NODELAY", 1)]

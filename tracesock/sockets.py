@@ -51,7 +51,10 @@ def _option_names() -> dict[int, dict[int, str]]:
         socket.IPPROTO_IPV6: "IPV6_",
     }
     table: dict[int, dict[int, str]] = {level: {} for level in levels}
-    for name in sorted(dir(socket)):
+    # Names of other protocol families share numbers with these (SO_J1939_PROMISC is
+    # SO_REUSEADDR's 2): the plain names win, the rest only fill the gaps.
+    names = sorted(dir(socket), key=lambda n: ("J1939" in n or "VM_" in n, len(n), n))
+    for name in names:
         for level, prefix in levels.items():
             value = getattr(socket, name)
             if name.startswith(prefix) and isinstance(value, int):

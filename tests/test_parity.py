@@ -43,13 +43,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 # Core bugs found by this suite, reported, not fixed yet (test id: what goes wrong).
-KNOWN_BUGS: dict[str, str] = {
-    "test.test_socket.GeneralModuleTests.testSendtoErrors":
-        "TracedSocket.sendto tells sendto(data, addr) from sendto(data, flags, addr) by "
-        "'addr is None', so sendto(b'foo', 0, None) raises 'address must be tuple, not "
-        "int' instead of '... not NoneType'; wrong argument counts give TracedSocket's "
-        "own TypeError messages instead of 'sendto() takes 2 or 3 arguments (1 given)'",
-}
+# Empty since ffb25d2 fixed testSendtoErrors (see docs/parity.md).
+KNOWN_BUGS: dict[str, str] = {}
 
 # Tests that cannot pass traced, by design (docs/parity.md says why).
 BY_DESIGN: dict[str, str] = {}
@@ -149,7 +144,8 @@ def test_cpython_suite_passes_traced(group: str, scratch: Path) -> None:
     _check_trace(trace)
 
 
-# Direct reproducers of the differences found above, quick enough for every run.
+# Direct reproducers of the differences this suite found (fixed in ffb25d2), quick
+# enough for every run.
 
 SUBCLASS_ACCEPT = """
 import socket
@@ -192,22 +188,14 @@ def _same_as_plain(tmp_path: Path, source: str) -> None:
         (plain.returncode, plain.stdout, plain.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: accept() builds type(self)(..., fileno=fd); "
-                   "socket.socket.accept builds a plain socket, so subclasses defined while "
-                   "tracing get their own __init__ called with fileno= (TypeError)")
 def test_accept_on_a_socket_subclass_returns_a_plain_socket(tmp_path: Path) -> None:
     _same_as_plain(tmp_path, SUBCLASS_ACCEPT)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: TracedSocket.sendto argument parsing "
-                   "(see KNOWN_BUGS)")
 def test_sendto_argument_errors_are_python_s(tmp_path: Path) -> None:
     _same_as_plain(tmp_path, SENDTO_ERRORS)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: argparse parses options right after "
-                   "`-m MODULE` as tracesock's own (-v is --verbose, others 'unrecognized'), "
-                   "where python -m MODULE passes them to the module")
 def test_options_after_dash_m_go_to_the_module(tmp_path: Path) -> None:
     (tmp_path / "argvmod.py").write_text("import sys\nprint(sys.argv[1:])\n")
     plain = subprocess.run([sys.executable, "-m", "argvmod", "-v", "--junit-xml", "x"],

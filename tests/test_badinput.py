@@ -43,8 +43,6 @@ HAS_TIMELINE = importlib.util.find_spec("tracesock.timeline") is not None
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-KNOWN = pytest.mark.xfail(strict=True, reason="core bugs in tracefile.py/show.py: see FOUND "
-                          "and test_found_inputs_are_tracesock_errors_or_results")
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -174,7 +172,6 @@ def _load(path: str) -> tracesock.Trace | None:
         return None
 
 
-@KNOWN
 @FUZZ
 @given(any_trace)
 def test_load_gives_a_trace_or_a_tracesock_error(data: bytes) -> None:
@@ -187,7 +184,6 @@ def test_load_gives_a_trace_or_a_tracesock_error(data: bytes) -> None:
             assert [e.seq for e in reader] == [e.seq for e in trace.events]
 
 
-@KNOWN
 @FUZZ
 @given(any_trace, st.sampled_from([("show",), ("stats",), ("stats", "--json")]))
 def test_show_and_stats_exit_0_or_2_without_traceback(data: bytes,
@@ -216,7 +212,6 @@ def _drive(trace: tracesock.Trace) -> None:
 
 
 @pytest.mark.skipif(not HAS_REPLAY, reason="tracesock.replay is not there yet")
-@KNOWN
 @FUZZ
 @given(any_trace, st.sampled_from(["concat", "strict", "off"]))
 def test_replay_gives_a_result_or_a_tracesock_error(data: bytes, check: str) -> None:
@@ -280,10 +275,6 @@ FOUND = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: tracefile.py checks the types of seq, t, "
-                   "sock, op, data, args, nbytes but not of dur, argv, pid, kind, nor that "
-                   "data is base64: load() raises TypeError/ValueError, or show/stats do "
-                   "(binascii.Error, unhashable type) and the CLI prints a traceback")
 @pytest.mark.parametrize("name", list(FOUND))
 def test_found_inputs_are_tracesock_errors_or_results(name: str) -> None:
     with _file(FOUND[name]) as path:

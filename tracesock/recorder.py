@@ -47,6 +47,25 @@ def _json_default(obj: Any) -> Any:
     return repr(obj)
 
 
+def buffer_len(data: Any) -> int:
+    """Bytes in a buffer the program passed (bytes, bytearray, memoryview, array...)."""
+    try:
+        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    except TypeError:
+        return 0
+
+
+def buffer_bytes(data: Any) -> Any:
+    """The buffer as bytes or a byte-wise memoryview, for the payload (None if it is not
+    a buffer: the call then fails on its own and no payload is recorded)."""
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        return None
+
+
 def _plain(ev: dict[str, Any], exc: Exception) -> dict[str, Any]:
     keep = ("type", "seq", "t", "dur", "sock", "op", "nbytes")
     out = {k: (v if k in keep else repr(v)) for k, v in ev.items()}

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .recorder import Recorder
+from .recorder import Recorder, buffer_bytes, buffer_len
 from .standin import StandInMeta, bound_subclass
 
 _socket_close = socket.socket.close
@@ -70,22 +70,6 @@ _LEVEL_NAMES = {socket.SOL_SOCKET: "SOL_SOCKET", socket.IPPROTO_TCP: "IPPROTO_TC
 def _enum_name(value: Any) -> Any:
     name = getattr(value, "name", None)
     return name if name is not None else value
-
-
-def _nbytes(data: Any) -> int:
-    try:
-        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
-    except TypeError:
-        return 0
-
-
-def _payload(data: Any) -> Any:
-    if isinstance(data, bytes):
-        return data
-    try:
-        return memoryview(data).cast("B")
-    except TypeError:
-        return None
 
 
 class TracedSocket(socket.socket, metaclass=StandInMeta):
@@ -252,9 +236,9 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         try:
             n = _send(self, data, flags)
         except BaseException as exc:
-            rec.failure(self._ts_id, "send", start, exc, {"args": {"size": _nbytes(data)}})
+            rec.failure(self._ts_id, "send", start, exc, {"args": {"size": buffer_len(data)}})
             raise
-        rec.transfer(self._ts_id, "send", start, n, _payload(data),
+        rec.transfer(self._ts_id, "send", start, n, buffer_bytes(data),
                      {"flags": flags} if flags else {})
         return n
 
@@ -264,9 +248,9 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         try:
             _sendall(self, data, flags)
         except BaseException as exc:
-            rec.failure(self._ts_id, "sendall", start, exc, {"args": {"size": _nbytes(data)}})
+            rec.failure(self._ts_id, "sendall", start, exc, {"args": {"size": buffer_len(data)}})
             raise
-        rec.transfer(self._ts_id, "sendall", start, _nbytes(data), _payload(data),
+        rec.transfer(self._ts_id, "sendall", start, buffer_len(data), buffer_bytes(data),
                      {"flags": flags} if flags else {})
 
     def sendto(self, data: Any, *args: Any) -> int:
@@ -279,7 +263,7 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         except BaseException as exc:
             rec.failure(self._ts_id, "sendto", start, exc, {"args": _sendto_args(args)})
             raise
-        rec.transfer(self._ts_id, "sendto", start, n, _payload(data), _sendto_args(args))
+        rec.transfer(self._ts_id, "sendto", start, n, buffer_bytes(data), _sendto_args(args))
         return n
 
     def sendmsg(self, buffers: Iterable[Any], ancdata: Any = (), flags: int = 0,
@@ -333,7 +317,7 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
         rec = self._ts_rec
         start = rec.now()
-        args: dict[str, Any] = {"bufsize": nbytes or _nbytes(buffer)}
+        args: dict[str, Any] = {"bufsize": nbytes or buffer_len(buffer)}
         if flags:
             args["flags"] = flags
         try:
@@ -364,7 +348,7 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
                       /) -> tuple[int, Any]:
         rec = self._ts_rec
         start = rec.now()
-        args: dict[str, Any] = {"bufsize": nbytes or _nbytes(buffer)}
+        args: dict[str, Any] = {"bufsize": nbytes or buffer_len(buffer)}
         if flags:
             args["flags"] = flags
         try:

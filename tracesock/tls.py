@@ -30,26 +30,10 @@ import ssl
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .recorder import Recorder
+from .recorder import Recorder, buffer_bytes, buffer_len
 
 _TLS = {"tls": True}
 _NO_ARGS: dict[str, Any] = {}
-
-
-def _nbytes(data: Any) -> int:
-    try:
-        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
-    except TypeError:
-        return 0
-
-
-def _payload(data: Any) -> Any:
-    if isinstance(data, bytes):
-        return data
-    try:
-        return memoryview(data).cast("B")
-    except TypeError:
-        return None
 
 
 def _keylog(context: Any, path: str | None) -> None:
@@ -159,12 +143,12 @@ class TracedSSLSocket(ssl.SSLSocket):
             result = call(data, *call_args)
         except BaseException as exc:
             rec.failure(self._ts_id, op, start, exc,
-                        {"args": {"size": _nbytes(data)}, **(tls or _NO_ARGS)})
+                        {"args": {"size": buffer_len(data)}, **(tls or _NO_ARGS)})
             raise
         finally:
             self._ts_writing = False
-        n = _nbytes(data) if result is None else result
-        rec.transfer(self._ts_id, op, start, n, _payload(data), _NO_ARGS, tls)
+        n = buffer_len(data) if result is None else result
+        rec.transfer(self._ts_id, op, start, n, buffer_bytes(data), _NO_ARGS, tls)
         return result
 
     def _ts_simple(self, op: str, call: Any, fields: Any, *call_args: Any) -> Any:
@@ -229,7 +213,7 @@ class TracedSSLSocket(ssl.SSLSocket):
         return data
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        args = {"bufsize": nbytes or _nbytes(buffer)}
+        args = {"bufsize": nbytes or buffer_len(buffer)}
         n: int = self._ts_read("recv_into", super().recv_into, args, buffer, buffer, nbytes,
                                flags)
         return n
@@ -336,7 +320,7 @@ class TracedSSLObject(ssl.SSLObject):
             rec.failure(self._ts_id, "read", start, exc, {"args": args, "tls": True})
             raise
         if buffer is None:
-            rec.transfer(self._ts_id, "read", start, _nbytes(result), result, args, _TLS)
+            rec.transfer(self._ts_id, "read", start, buffer_len(result), result, args, _TLS)
         else:
             rec.transfer(self._ts_id, "read", start, result,
                          memoryview(buffer).cast("B")[:result] if rec.payload else None,
@@ -350,9 +334,9 @@ class TracedSSLObject(ssl.SSLObject):
             n = super().write(data)
         except BaseException as exc:
             rec.failure(self._ts_id, "write", start, exc,
-                        {"args": {"size": _nbytes(data)}, "tls": True})
+                        {"args": {"size": buffer_len(data)}, "tls": True})
             raise
-        rec.transfer(self._ts_id, "write", start, n, _payload(data), _NO_ARGS, _TLS)
+        rec.transfer(self._ts_id, "write", start, n, buffer_bytes(data), _NO_ARGS, _TLS)
         return n
 
     def unwrap(self) -> None:

@@ -8,6 +8,7 @@ after its last line: warnings, the rest is kept).
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -17,6 +18,8 @@ import orjson
 from . import events
 from .errors import TraceFormatError, TraceVersionError
 from .events import CallEvent, ErrorInfo, TraceHeader
+
+_a2b = binascii.a2b_base64
 
 _KNOWN = frozenset({"type", "seq", "t", "dur", "sock", "op", "nbytes", "data", "args", "error",
                     "fd", "family", "kind", "laddr", "raddr", "parent", "thread", "pid",
@@ -135,16 +138,34 @@ def parse_header(path: str, obj: Any) -> TraceHeader:
                                 f"supported (this tracesock reads version {supported})")
     known = {"type", "format", "version", "started", "pid", "argv", "python", "payload",
              "max_payload"}
+    argv = obj.get("argv") or []
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise _fail(path, 1, "header 'argv' must be a list of strings")
+    for name in ("pid", "max_payload"):
+        if not isinstance(obj.get(name), (int, type(None))):
+            raise _fail(path, 1, f"header {name!r} must be an integer")
     return TraceHeader(
         version=version,
         started=str(obj.get("started", "")),
         pid=obj.get("pid"),
-        argv=tuple(obj.get("argv") or ()),
+        argv=tuple(argv),
         python=str(obj.get("python", "")),
         payload=bool(obj.get("payload", True)),
         max_payload=obj.get("max_payload"),
         extra={k: v for k, v in obj.items() if k not in known},
     )
+
+
+_INT_FIELDS = ("fd", "parent", "thread", "pid")
+_NAME_FIELDS = ("family", "kind")
+_NUMBER = (int, float)
+
+
+def _check_addr(path: str, lineno: int, name: str, value: Any) -> Any:
+    try:
+        return events.decode_addr(value)
+    except (ValueError, TypeError):
+        raise _fail(path, lineno, f"{name!r} is not a socket address") from None
 
 
 def event_from_record(path: str, lineno: int, rec: dict[str, Any]) -> CallEvent:
@@ -157,15 +178,27 @@ def event_from_record(path: str, lineno: int, rec: dict[str, Any]) -> CallEvent:
             or not isinstance(t, (int, float)):
         raise _fail(path, lineno, "call record has a field of the wrong type "
                     "(seq and sock must be integers, t a number, op a string)")
+    dur = rec.get("dur") or 0.0
+    if not isinstance(dur, _NUMBER):
+        raise _fail(path, lineno, "'dur' must be a number")
+    for name in _INT_FIELDS:
+        if not isinstance(rec.get(name), (int, type(None))):
+            raise _fail(path, lineno, f"{name!r} must be an integer")
+    for name in _NAME_FIELDS:
+        if not isinstance(rec.get(name), (str, int, type(None))):
+            raise _fail(path, lineno, f"{name!r} must be a name")
     err = rec.get("error")
     error = None
     if err is not None:
-        if not isinstance(err, dict):
-            raise _fail(path, lineno, "'error' must be an object")
+        if not isinstance(err, dict) or not isinstance(err.get("errno"), (int, type(None))):
+            raise _fail(path, lineno, "'error' must be an object with an integer errno")
         error = ErrorInfo(str(err.get("type", "")), err.get("errno"), str(err.get("message", "")))
     data = rec.get("data")
-    if data is not None and not isinstance(data, str):
-        raise _fail(path, lineno, "'data' must be base64 text")
+    if data is not None:
+        try:
+            _a2b(data)
+        except (binascii.Error, ValueError, TypeError):
+            raise _fail(path, lineno, "'data' must be base64 text") from None
     args = rec.get("args") or {}
     if not isinstance(args, dict):
         raise _fail(path, lineno, "'args' must be an object")
@@ -173,10 +206,11 @@ def event_from_record(path: str, lineno: int, rec: dict[str, Any]) -> CallEvent:
     if nbytes is not None and not isinstance(nbytes, int):
         raise _fail(path, lineno, "'nbytes' must be an integer")
     return CallEvent(
-        seq=seq, t=float(t), dur=float(rec.get("dur") or 0.0), sock=sock, op=op,
+        seq=seq, t=float(t), dur=float(dur), sock=sock, op=op,
         nbytes=nbytes, data_b64=data, args=args, error=error, fd=rec.get("fd"),
         family=rec.get("family"), kind=rec.get("kind"),
-        laddr=events.decode_addr(rec.get("laddr")), raddr=events.decode_addr(rec.get("raddr")),
+        laddr=_check_addr(path, lineno, "laddr", rec.get("laddr")),
+        raddr=_check_addr(path, lineno, "raddr", rec.get("raddr")),
         parent=rec.get("parent"), thread=rec.get("thread"), pid=rec.get("pid"),
         truncated=bool(rec.get("truncated", False)),
         extra={k: v for k, v in rec.items() if k not in _KNOWN},

@@ -168,8 +168,9 @@ class Recorder:
 
     # -- building records ---------------------------------------------------------------
 
-    def event(self, sock: int, op: str, start: float, fields: dict[str, Any]) -> None:
-        """A call that finished normally. ``fields`` holds op-specific keys."""
+    def _call(self, sock: int, op: str, start: float, fields: dict[str, Any]) -> dict[str, Any]:
+        """The record of a call that started at ``start`` and ends now (``seq`` is set when
+        it is written). ``transfer`` builds the same keys inline: it is the hot path."""
         end = self._clock()
         ev = {
             "type": "call",
@@ -181,7 +182,11 @@ class Recorder:
             "thread": _get_ident(),
         }
         ev.update(fields)
-        self._emit(ev)
+        return ev
+
+    def event(self, sock: int, op: str, start: float, fields: dict[str, Any]) -> None:
+        """A call that finished normally. ``fields`` holds op-specific keys."""
+        self._emit(self._call(sock, op, start, fields))
 
     def transfer(
         self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Mapping[str, Any],
@@ -233,21 +238,11 @@ class Recorder:
         self, sock: int, op: str, start: float, exc: BaseException, fields: dict[str, Any]
     ) -> None:
         """A call that raised ``exc`` (the caller re-raises it unchanged)."""
-        end = self._clock()
+        ev = self._call(sock, op, start, fields)
         err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
         errno = getattr(exc, "errno", None)
         if isinstance(errno, int):
             err["errno"] = errno
-        ev = {
-            "type": "call",
-            "seq": 0,
-            "t": start - self._t0,
-            "dur": end - start,
-            "sock": sock,
-            "op": op,
-            "thread": _get_ident(),
-        }
-        ev.update(fields)
         ev["error"] = err
         if err["type"] in _WOULD_BLOCK:
             self._fold(ev)

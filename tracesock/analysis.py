@@ -349,6 +349,10 @@ def format_analysis(result: CaptureAnalysis, *, max_rows: int = 40) -> Iterator[
         if s.analysis_flags:
             counts = ", ".join(f"{k} x{v}" for k, v in s.analysis_flags.items())
             yield f"  tcp.analysis: {counts}"
+            if "lost_segment" in s.analysis_flags and \
+                    not any(d.data_segments for d in s.directions):
+                yield ("    (this capture has no data segments: tracesock keeps SYN/FIN/RST "
+                       "unless run with --capture-all, so tshark counts the data as lost)")
         else:
             yield "  tcp.analysis: no flags"
         show_all = len(s.rows) <= max_rows

@@ -38,7 +38,6 @@ is an optional dependency): ``import tracesock`` never imports it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import os
@@ -54,6 +53,7 @@ from typing import Any
 
 from . import pcapng
 from .errors import CaptureError, TracesockError, UsageError
+from .recorder import stderr_warn as _stderr_warn
 from .segments import Segment, parse_frame, relativize, wire_length
 
 Warn = Callable[[str], None]
@@ -75,12 +75,6 @@ _FLAGS4 = "(ip and tcp and tcp[13] & 7 != 0)"
 _BARE4 = "(ip and tcp and ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) = 0)"
 _FLAGS6 = "(ip6 and ip6[6] = 6 and ip6[53] & 7 != 0)"
 _BARE6 = "(ip6 and ip6[6] = 6 and ip6[4:2] - ((ip6[52] & 0xf0) >> 2) = 0)"
-
-
-def _stderr_warn(message: str) -> None:
-    with contextlib.suppress(Exception):  # a warning must never break the program
-        sys.stderr.write(f"tracesock: warning: {message}\n")
-        sys.stderr.flush()
 
 
 def capture_filter(*, capture_all: bool, inbound_only: bool) -> str:

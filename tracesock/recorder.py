@@ -73,7 +73,8 @@ def _plain(ev: dict[str, Any], exc: Exception) -> dict[str, Any]:
     return out
 
 
-def _stderr_warn(message: str) -> None:
+def stderr_warn(message: str) -> None:
+    """The default warning: one line on stderr, never an exception."""
     try:
         sys.stderr.write(f"tracesock: warning: {message}\n")
         sys.stderr.flush()
@@ -99,7 +100,7 @@ class Recorder:
         argv: Iterable[str] | None = None,
         clock: Clock = time.perf_counter,
         wall: Callable[[], float] = time.time,
-        warn: Warn = _stderr_warn,
+        warn: Warn = stderr_warn,
         header: Mapping[str, Any] | None = None,
         fork_sink: Callable[[int], Sink] | None = None,
     ) -> None:

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from .capture import CaptureSession, _stderr_warn
+from .capture import CaptureSession
 from .children import Following
 from .errors import CaptureError
 from .patching import socket_class_patched
-from .recorder import Recorder
+from .recorder import Recorder, stderr_warn
 from .sockets import TracedSocket
 
 
@@ -63,7 +63,7 @@ def trace(
     ``subprocess``, ``multiprocessing``) too, merged into ``path`` at the end with a
     ``pid`` on every call (children.py).
     """
-    warn = recorder_options.get("warn", _stderr_warn)
+    warn = recorder_options.get("warn", stderr_warn)
     session: CaptureSession | None = None
     if capture is not None:  # first: starting it takes a while, keep it out of the trace
         session = _start_capture(capture, capture_all=capture_all, iface=iface,

@@ -67,7 +67,12 @@ def bulk_server():
         while chunk := conn.recv(65536):
             received += len(chunk)
 
-server = threading.Thread(target=pingpong_server if mode == "pingpong" else bulk_server)
+if mode == "pingpong-remote":  # the server is another process, untraced (harness-started)
+    listener.close()
+    mode, port = "pingpong", int(sys.argv[4])
+    server = threading.Thread(target=lambda: None)
+else:
+    server = threading.Thread(target=pingpong_server if mode == "pingpong" else bulk_server)
 server.start()
 start = time.perf_counter()
 client = socket.create_connection(("127.0.0.1", port))
@@ -91,6 +96,18 @@ else:
 elapsed = time.perf_counter() - start
 listener.close()
 print(json.dumps({"elapsed": elapsed}))
+'''
+
+# The other end for "pingpong-remote": one connection, echoed, in its own process.
+ECHO_SERVER = r'''
+import socket, sys
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+while data := conn.recv(65536):
+    conn.sendall(data)
 '''
 
 # Targets: (figure, comparison, bound). "<=" means the figure must not exceed the bound.
@@ -120,8 +137,27 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[float, float]:
-    """Run ``cmd``; return (in-script elapsed, wall time)."""
+def _run(cmd: list[str], timeout: float, server: str | None = None) -> tuple[float, float]:
+    """Run ``cmd``; return (in-script elapsed, wall time). With ``server``, a script
+    started first (pinned too) whose printed port is appended to ``cmd``."""
+    srv = None
+    if server is not None:
+        srv = subprocess.Popen([*_pin(), sys.executable, server], stdout=subprocess.PIPE,
+                               text=True, env=_env())
+        assert srv.stdout is not None
+        cmd = [*cmd, srv.stdout.readline().strip()]
+    try:
+        return _run_one(cmd, timeout)
+    finally:
+        if srv is not None:
+            try:
+                srv.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+
+
+def _run_one(cmd: list[str], timeout: float) -> tuple[float, float]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
     wall = time.perf_counter() - t0
@@ -156,13 +192,13 @@ def _clean(tmp: str) -> None:
 
 
 def _measure(script: str, args: list[str], tmp: str, reps: int, timeout: float, *,
-             strace_payload: bool) -> dict[str, dict[str, float]]:
+             strace_payload: bool, server: str | None = None) -> dict[str, dict[str, float]]:
     variants = _variants(script, args, tmp, strace_payload=strace_payload)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, cmd in variants.items():
             try:
-                samples[name].append(_run([*_pin(), *cmd], timeout))
+                samples[name].append(_run([*_pin(), *cmd], timeout, server))
             finally:
                 _clean(tmp)
     return {name: {"elapsed": statistics.median(s[0] for s in runs),
@@ -252,6 +288,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         pp = _measure(script, ["pingpong", str(rounds), "64"], tmp, reps, 600,
                       strace_payload=True)
         _ratios("pingpong", pp, results)
+        # The same with only the client traced: the server is another, untraced process
+        # (two traced calls per round trip instead of four).
+        server = os.path.join(tmp, "echo_server.py")
+        Path(server).write_text(ECHO_SERVER)
+        remote = _measure(script, ["pingpong-remote", str(rounds), "64"], tmp, reps, 600,
+                          strace_payload=False, server=server)
+        _ratios("pingpong_client_only", remote, results)
         # strace -s 65536 -xx of 256 MiB each way would write ~2 GiB of hex: not run.
         bulk = _measure(script, ["bulk", str(bulk_blocks), "65536"], tmp, reps, 600,
                         strace_payload=quick)

@@ -85,6 +85,17 @@ def _regrtest_args(modules: list[str], extra: list[str], xml: Path) -> list[str]
             str(xml)]
 
 
+def _rerun_traced(modules: list[str], extra: list[str], tests: list[str],
+                  scratch: Path) -> dict[str, str]:
+    xml = scratch / "again.xml"
+    matches = [arg for t in tests for arg in ("-m", t.rsplit(".", 1)[-1])]
+    cmd = [sys.executable, "-m", "tracesock", "run", "-o", str(scratch / "again.jsonl"),
+           "-m", "test", *_regrtest_args(modules, [*extra, *matches], xml)]
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch,
+                   env=_env(), timeout=300)
+    return _outcomes(xml) if xml.exists() else {}
+
+
 def _check_trace(path: Path) -> None:
     # The whole file may be hundreds of MB: check that it was finished cleanly and
     # that nothing was lost, from its last line.
@@ -137,6 +148,13 @@ def test_cpython_suite_passes_traced(group: str, scratch: Path) -> None:
     allowed = KNOWN_BUGS.keys() | BY_DESIGN.keys()
     broken = {t: traced.get(t, "missing") for t in sorted(passed - allowed)
               if traced.get(t) != "passed"}
+    if 0 < len(broken) <= 20:
+        # Both suites ran at once on a small machine: a timing-sensitive CPython test
+        # can fail under that load alone. Run the ones that differ again, traced, alone:
+        # a real difference made by tracing fails again.
+        again = _rerun_traced(modules, extra, sorted(broken), scratch)
+        broken = {t: f"{o}, then {again.get(t, 'missing')} alone"
+                  for t, o in broken.items() if again.get(t) != "passed"}
     assert broken == {}, (f"pass plain, not traced: {broken}\n--- traced log tail ---\n"
                           f"{tail('traced')}")
     fixed = sorted(t for t in KNOWN_BUGS.keys() & passed if traced.get(t) == "passed")

@@ -45,9 +45,9 @@ from .events import RECV_OPS, SEND_OPS, CallEvent, decode_addr, encode_addr, for
 from .tracefile import TraceReader, event_from_record
 
 Record = dict[str, Any]
-# A queued recv: (bytes the recording had sent before it, its base64 data when it is a
-# plain chunk (None: an error, a FIN without data, a truncated payload...), the record).
-RecvEntry = tuple[int, Any, Record]
+# A queued recv: (bytes the recording had sent before it, its decoded chunk when it is
+# plain (None: an error, a FIN without data, a truncated payload...), the record).
+RecvEntry = tuple[int, bytes | None, Record]
 Check = Literal["concat", "strict", "off"]
 CHECKS: tuple[str, ...] = ("concat", "strict", "off")
 
@@ -175,8 +175,8 @@ class Stream:
              dgram: bool = False) -> bytes:
         """What the next recv returns: the recorded chunk, or its head if bufsize is smaller."""
         # The hot path (a million calls a second): a whole recorded chunk to a caller whose
-        # bufsize takes it. Queue entries are (bytes sent before, base64 data or None when
-        # the record needs a closer look, record): see Cassette._file_batch.
+        # bufsize takes it. Queue entries are (bytes sent before, the decoded chunk or None
+        # when the record needs a closer look, record): see Cassette._file_batch.
         cas = self.cassette
         if cas.speed:
             self._pace_recv()
@@ -190,18 +190,13 @@ class Stream:
                 q = self.recvq
                 if not q and not self._more(q):
                     return self._exhausted()
-                sent_before, data, rec = q[0]
+                sent_before, chunk, rec = q[0]
                 if nonblocking and sent_before > self.sent:
                     raise BlockingIOError(11, os.strerror(11))
-                if data is None or bufsize <= 0:
+                if chunk is None or bufsize <= 0:
                     if bufsize <= 0:
                         return b""
-                    self._special(rec, q)
-                    data = rec["data"]
-                try:
-                    chunk = _a2b(data)
-                except (binascii.Error, TypeError):
-                    raise cas.bad_record(rec, "'data' is not base64 text") from None
+                    chunk = self._special(rec, q)
                 self.last = rec
                 if (dgram or len(chunk) <= bufsize) and not peek:
                     q.popleft()
@@ -239,7 +234,11 @@ class Stream:
                 return False
         return True
 
-    def _special(self, rec: Record, q: deque[RecvEntry]) -> None:
+    def _special(self, rec: Record, q: deque[RecvEntry]) -> bytes:
+        """The chunk of a record _file_batch did not decode: it may be an error to raise
+        again, a FIN recorded without data, or data that is not base64."""
+        if rec.get("data") is not None and "error" not in rec and "truncated" not in rec:
+            return self._decode(rec)
         err = rec.get("error")
         if err is not None:
             q.popleft()
@@ -254,6 +253,13 @@ class Stream:
             raise ReplayError(f"{self.cassette.path}: {self.describe()}: recv seq {rec['seq']} "
                               "has no recorded payload, so it cannot be replayed")
         rec["data"] = ""  # a recv of 0 bytes without data: the peer's FIN
+        return self._decode(rec)
+
+    def _decode(self, rec: Record) -> bytes:
+        try:
+            return _a2b(rec["data"])
+        except (binascii.Error, TypeError):
+            raise self.cassette.bad_record(rec, "'data' is not base64 text") from None
 
     def _exhausted(self) -> bytes:
         if self.eof:
@@ -645,17 +651,22 @@ class Cassette:
             if op in RECV_OPS:
                 if st.done or finishing:
                     continue
-                # What Stream.recv needs, found here once: a plain chunk's data, or None
-                # to make recv look closer (errors, truncated payloads, FIN without data).
-                data = rec.get("data")
+                # What Stream.recv needs, found here once: a plain record's chunk, or None
+                # to make recv look closer (errors, truncated payloads, FIN without data,
+                # data that is not base64: recv raises what it did).
                 if "error" in rec:
                     err = rec["error"]
                     if err is not None and err["type"] in _TRANSIENT:
                         continue
-                    data = None
+                    chunk = None
                 elif "truncated" in rec:
-                    data = None
-                st.recvq.append((st.rec_sent, data, rec))
+                    chunk = None
+                else:
+                    try:
+                        chunk = _a2b(rec["data"])
+                    except (KeyError, ValueError, TypeError):
+                        chunk = None
+                st.recvq.append((st.rec_sent, chunk, rec))
             elif op in SEND_OPS:
                 err = rec.get("error")
                 if err is not None:

@@ -39,8 +39,9 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def forking_exchange(n: int) -> list[bytes]:
-    srv = _Forking(("127.0.0.1", 0), _Upper)
+def forking_exchange(n: int, port: int = 0) -> list[bytes]:
+    """n echo exchanges with a ForkingTCPServer on 127.0.0.1 (``port`` 0: any)."""
+    srv = _Forking(("127.0.0.1", port), _Upper)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
     t.start()
     got = []
@@ -280,27 +281,10 @@ def test_a_forking_server_trace_replays(tmp_path: Path) -> None:
     # children answer from their copy of the recording; the parent does not check
     # the sends it cannot see (theirs).
     with tracesock.trace(str(out), follow_children=True):
-        recorded = _forking_on(port, 3)
+        recorded = forking_exchange(3, port)
     with replay(str(out)):
-        replayed = _forking_on(port, 3)
+        replayed = forking_exchange(3, port)
     assert replayed == recorded == [b"HELLO %d" % i for i in range(3)]
-
-
-def _forking_on(port: int, n: int) -> list[bytes]:
-    srv = _Forking(("127.0.0.1", port), _Upper)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
-    t.start()
-    got = []
-    try:
-        for i in range(n):
-            with socket.create_connection(("127.0.0.1", port)) as c:
-                c.sendall(b"hello %d" % i)
-                got.append(c.recv(100))
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join()
-    return got
 
 
 def test_cli_forked_child_that_exits_normally(tmp_path: Path) -> None:

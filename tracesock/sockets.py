@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
@@ -70,6 +70,31 @@ _LEVEL_NAMES = {socket.SOL_SOCKET: "SOL_SOCKET", socket.IPPROTO_TCP: "IPPROTO_TC
 def _enum_name(value: Any) -> Any:
     name = getattr(value, "name", None)
     return name if name is not None else value
+
+
+Fields = Callable[[Any], dict[str, Any]]
+
+
+def record_call(rec: Recorder, sock: int, op: str, fields: dict[str, Any] | Fields,
+                call: Callable[..., Any], *call_args: Any,
+                on_error: dict[str, Any] | None = None) -> Any:
+    """Run ``call(*call_args)`` as the call ``op`` of socket ``sock``, timed and recorded.
+
+    ``fields`` are the record's op-specific keys, or a function of the result giving
+    them; a raised exception is recorded (with ``on_error``, or ``fields`` when it is a
+    dict) and re-raised unchanged. The calls that are not sends or receives go through
+    here (those are the hot path and stay written out).
+    """
+    start = rec.now()
+    try:
+        result = call(*call_args)
+    except BaseException as exc:
+        if on_error is None:
+            on_error = fields if isinstance(fields, dict) else {}
+        rec.failure(sock, op, start, exc, on_error)
+        raise
+    rec.event(sock, op, start, fields(result) if callable(fields) else fields)
+    return result
 
 
 class TracedSocket(socket.socket, metaclass=StandInMeta):
@@ -183,26 +208,15 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         return code
 
     def bind(self, address: Any, /) -> None:
-        rec = self._ts_rec
-        start = rec.now()
-        try:
-            super().bind(address)
-        except BaseException as exc:
-            rec.failure(self._ts_id, "bind", start, exc, {"args": {"address": address}})
-            raise
-        rec.event(self._ts_id, "bind", start,
-                  {"args": {"address": address}, "laddr": self._ts_name(self.getsockname)})
+        args = {"args": {"address": address}}
+        record_call(self._ts_rec, self._ts_id, "bind",
+                    lambda _: {**args, "laddr": self._ts_name(self.getsockname)},
+                    super().bind, address, on_error=args)
 
     def listen(self, *backlog: int) -> None:
-        rec = self._ts_rec
-        start = rec.now()
-        args = {"backlog": backlog[0]} if backlog else {}
-        try:
-            super().listen(*backlog)
-        except BaseException as exc:
-            rec.failure(self._ts_id, "listen", start, exc, {"args": args})
-            raise
-        rec.event(self._ts_id, "listen", start, {"args": args})
+        record_call(self._ts_rec, self._ts_id, "listen",
+                    {"args": {"backlog": backlog[0]} if backlog else {}},
+                    super().listen, *backlog)
 
     def accept(self) -> tuple[socket.socket, Any]:
         # Mirrors socket.socket.accept, building the accepted socket as a TracedSocket
@@ -387,15 +401,7 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
     # -- state and teardown -------------------------------------------------------------
 
     def _ts_simple(self, op: str, args: dict[str, Any], call: Any, *call_args: Any) -> Any:
-        rec = self._ts_rec
-        start = rec.now()
-        try:
-            result = call(*call_args)
-        except BaseException as exc:
-            rec.failure(self._ts_id, op, start, exc, {"args": args})
-            raise
-        rec.event(self._ts_id, op, start, {"args": args})
-        return result
+        return record_call(self._ts_rec, self._ts_id, op, {"args": args}, call, *call_args)
 
     def shutdown(self, how: int, /) -> None:
         self._ts_simple("shutdown", {"how": _SHUT.get(how, how)}, super().shutdown, how)
@@ -421,16 +427,10 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
     def makefile(self, mode: str = "r", buffering: int | None = None, *,
                  encoding: str | None = None, errors: str | None = None,
                  newline: str | None = None) -> Any:
-        rec = self._ts_rec
-        start = rec.now()
-        try:
-            result = _socket_makefile(self, mode, buffering, encoding=encoding, errors=errors,
-                                      newline=newline)
-        except BaseException as exc:
-            rec.failure(self._ts_id, "makefile", start, exc, {"args": {"mode": mode}})
-            raise
-        rec.event(self._ts_id, "makefile", start, {"args": {"mode": mode}})
-        return result
+        return self._ts_simple(
+            "makefile", {"mode": mode},
+            lambda: _socket_makefile(self, mode, buffering, encoding=encoding, errors=errors,
+                                     newline=newline))
 
     def detach(self) -> int:
         fd: int = self._ts_simple("detach", {}, super().detach)

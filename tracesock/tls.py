@@ -31,6 +31,7 @@ import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .recorder import Recorder, buffer_bytes, buffer_len
+from .sockets import record_call
 
 _TLS = {"tls": True}
 _NO_ARGS: dict[str, Any] = {}
@@ -152,15 +153,8 @@ class TracedSSLSocket(ssl.SSLSocket):
         return result
 
     def _ts_simple(self, op: str, call: Any, fields: Any, *call_args: Any) -> Any:
-        rec = self._ts_rec
-        start = rec.now()
-        try:
-            result = call(*call_args)
-        except BaseException as exc:
-            rec.failure(self._ts_id, op, start, exc, {"tls": True})
-            raise
-        rec.event(self._ts_id, op, start, fields(self))
-        return result
+        return record_call(self._ts_rec, self._ts_id, op, lambda _: fields(self), call,
+                           *call_args, on_error=_TLS)
 
     # -- set-up -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, BinaryIO
 
 import orjson
@@ -90,9 +91,10 @@ class Trace:
         """True when the traced process finished the trace cleanly."""
         return self.end is not None
 
-    @property
+    @cached_property
     def connections(self) -> dict[int, Connection]:
-        """Per-socket views keyed by socket id, in order of first appearance."""
+        """Per-socket views keyed by socket id, in order of first appearance (built once:
+        a loaded Trace is a snapshot of its file)."""
         conns: dict[int, Connection] = {}
         for ev in self.events:
             conn = conns.get(ev.sock)

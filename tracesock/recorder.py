@@ -29,7 +29,12 @@ from typing import Any
 import orjson
 
 from . import events
-from .sink import Sink, open_sink
+from .sink import MmapSink, Sink, open_sink
+
+try:  # the compiled journal (tracesock/_journal.c); without it the Python path does it all
+    from ._journal import Journal
+except ImportError:  # pragma: no cover - a build without a C compiler
+    Journal = None  # type: ignore[assignment,misc]
 
 Clock = Callable[[], float]
 Warn = Callable[[str], None]
@@ -37,6 +42,10 @@ Warn = Callable[[str], None]
 _OPTS = orjson.OPT_APPEND_NEWLINE
 _WOULD_BLOCK = frozenset({"BlockingIOError", "SSLWantReadError", "SSLWantWriteError"})
 _get_ident = threading.get_ident
+# The journal reads CLOCK_MONOTONIC itself to end a call: only right when the recorder's
+# clock is time.perf_counter and that is what perf_counter reads.
+_PERF_IS_MONOTONIC = (
+    time.get_clock_info("perf_counter").implementation == "clock_gettime(CLOCK_MONOTONIC)")
 _dumps = orjson.dumps
 _b64 = binascii.b2a_base64
 
@@ -82,13 +91,27 @@ def stderr_warn(message: str) -> None:
         pass
 
 
+def compiled_available() -> bool:
+    """Whether the compiled journal was built (``pip install`` compiles it when a C
+    compiler and Python's headers are there)."""
+    return Journal is not None
+
+
 class Recorder:
     """Records socket calls into one trace.
 
     Build it with :meth:`open` for a file, or pass any :class:`~tracesock.sink.Sink`.
     ``clock`` must be monotonic; ``wall`` gives the epoch time matching the clock's
     zero (it lets captures, stamped in wall time, be joined with calls).
+
+    Two paths write the same records. The compiled journal (``_journal.c``) takes the
+    sends and receives of a trace file with the default clock and payload policy: it
+    numbers, formats and copies each record in one C call, the GIL serving as the lock.
+    Everything else, and everything when it is not built (or ``compiled=False``, or
+    ``TRACESOCK_PURE_PYTHON=1`` in the environment), goes the Python way below.
     """
+
+    transfer: Callable[..., None]
 
     def __init__(
         self,
@@ -103,6 +126,7 @@ class Recorder:
         warn: Warn = stderr_warn,
         header: Mapping[str, Any] | None = None,
         fork_sink: Callable[[int], Sink] | None = None,
+        compiled: bool | None = None,
     ) -> None:
         if max_payload is not None and max_payload < 0:
             raise ValueError("max_payload must be >= 0")
@@ -111,6 +135,7 @@ class Recorder:
         self.now = clock  # what sockets.py reads to time a call
         self._warn = warn
         self._lock = threading.Lock()
+        self._refill_lock = threading.Lock()
         self._seq = 0
         self._next_id = 0
         self._lost = 0
@@ -119,6 +144,13 @@ class Recorder:
         self.max_payload = max_payload
         self._redact = [re.compile(p.encode("utf-8")) for p in redact]
         self._verbatim = not self._redact and max_payload is None
+        if compiled is None:
+            compiled = not os.environ.get("TRACESOCK_PURE_PYTHON")
+        self._compiled = (compiled and Journal is not None and clock is time.perf_counter
+                          and _PERF_IS_MONOTONIC and (self._verbatim or not payload))
+        self._journal: Journal | None = None
+        self._refill_error: Exception | None = None
+        self.transfer = self._transfer_py
         epoch = wall()
         self._t0 = clock()
         head: dict[str, Any] = {
@@ -140,6 +172,7 @@ class Recorder:
         self._head = head
         self._fork_sink = fork_sink
         self._write_now(orjson.dumps(head, default=_json_default, option=_OPTS))
+        self._attach_journal()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
 
@@ -161,11 +194,72 @@ class Recorder:
 
     @property
     def events_written(self) -> int:
-        return self._seq
+        return self._journal.seq if self._journal is not None else self._seq
 
     @property
     def lost(self) -> int:
-        return self._lost
+        return self._lost + (self._journal.lost if self._journal is not None else 0)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled journal is writing this trace's sends and receives."""
+        return self._journal is not None
+
+    # -- the compiled journal -----------------------------------------------------------
+
+    def _attach_journal(self) -> None:
+        """Hand the trace file's windows to a compiled journal, when there can be one."""
+        sink = self._sink
+        if not self._compiled or not isinstance(sink, MmapSink):
+            return
+        journal = Journal(self._transfer_py, self._refill, self._t0, self.payload)
+        window, pos = sink.hand_over()
+        self._journal = journal  # first: add_window asks _refill for the next window
+        journal.add_window(window, pos)
+        self.transfer = journal.transfer
+
+    def _refill(self) -> None:
+        """The journal asks for the next window (from any thread, maybe while this
+        thread holds the lock: so it takes none, and never raises)."""
+        # Mapping a window lets other threads run (and maybe ask too): one at a time,
+        # and a caller that finds it taken returns (the journal asks again later).
+        if not self._refill_lock.acquire(blocking=False):
+            return
+        try:
+            journal, sink = self._journal, self._sink
+            if journal is None or not isinstance(sink, MmapSink) or not journal.needs_window:
+                return
+            journal.add_window(sink.map_next())
+        except Exception as exc:  # a full disk: every later write fails with this
+            self._refill_error = exc
+            if self._journal is not None:
+                self._journal.stop()
+        finally:
+            self._refill_lock.release()
+
+    def _detach_journal(self, sink: Sink) -> None:
+        """Close ``sink`` (lock held), through the journal when it has the windows."""
+        journal, self._journal = self._journal, None
+        self.transfer = self._transfer_py
+        if journal is not None and isinstance(sink, MmapSink):
+            written, waiting = journal.detach()
+            self._seq = journal.seq
+            self._lost += journal.lost
+            sink.finish(written, waiting)
+        else:
+            sink.close()
+
+    def _put_call(self, sink: Sink, ev: dict[str, Any]) -> None:
+        """Number and write a call record (lock held)."""
+        journal = self._journal
+        if journal is not None:
+            if self._refill_error is not None:
+                raise self._refill_error
+            ev["seq"] = journal.append_call(_dumps(ev, default=_json_default, option=_OPTS))
+            return
+        ev["seq"] = seq = self._seq + 1
+        sink.spill(_dumps(ev, default=_json_default, option=_OPTS))
+        self._seq = seq
 
     # -- building records ---------------------------------------------------------------
 
@@ -189,14 +283,17 @@ class Recorder:
         """A call that finished normally. ``fields`` holds op-specific keys."""
         self._emit(self._call(sock, op, start, fields))
 
-    def transfer(
+    def _transfer_py(
         self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """A send/recv that moved ``nbytes``; ``data`` is the buffer (or None); ``extra``
-        holds further top-level fields (``{"tls": True}`` on TLS plaintext).
+        """``transfer(sock, op, start, nbytes, data, args, extra=None)``: a send/recv that
+        moved ``nbytes``; ``data`` is the buffer (or None); ``extra`` holds further
+        top-level fields (``{"tls": True}`` on TLS plaintext).
 
-        This is the hot path of tracing (every send and recv), kept flat on purpose.
+        This is the hot path of tracing (every send and recv), kept flat on purpose. With
+        the compiled journal, ``transfer`` is the journal's, which calls this for what it
+        does not take itself (and then writes nothing).
         """
         end = self._clock()
         ev: dict[str, Any] = {
@@ -224,14 +321,17 @@ class Recorder:
                 return
             if self._held and sock in self._held:
                 self._release(sink, sock)
-            self._seq = seq = self._seq + 1
-            ev["seq"] = seq
             try:
+                if self._journal is not None:
+                    self._put_call(sink, ev)
+                    return
+                ev["seq"] = seq = self._seq + 1
                 line = _dumps(ev, default=_json_default, option=_OPTS)
                 try:
                     sink.write(line)
                 except ValueError:  # no room in the sink's buffer: the slow path
                     sink.spill(line)
+                self._seq = seq
             except Exception as exc:
                 self._write_failed(sink, ev, exc)
 
@@ -270,10 +370,8 @@ class Recorder:
                 return
             if self._held and ev["sock"] in self._held:
                 self._release(sink, ev["sock"])
-            self._seq = seq = self._seq + 1
-            ev["seq"] = seq
             try:
-                sink.spill(_dumps(ev, default=_json_default, option=_OPTS))
+                self._put_call(sink, ev)
             except Exception as exc:
                 self._write_failed(sink, ev, exc)
 
@@ -295,15 +393,17 @@ class Recorder:
                 return
             if held is not None:
                 self._release(self._sink, sock)
+            if self._journal is not None:  # before the event is held: the journal's
+                self._journal.held = True  # transfers must see it from now on
             self._held[sock] = ev
 
     def _release(self, sink: Sink, sock: int) -> None:
         """Write the held would-block event of ``sock`` (lock held)."""
         ev = self._held.pop(sock)
-        self._seq = seq = self._seq + 1
-        ev["seq"] = seq
+        if self._journal is not None and not self._held:
+            self._journal.held = False
         try:
-            sink.spill(_dumps(ev, default=_json_default, option=_OPTS))
+            self._put_call(sink, ev)
         except Exception as exc:
             self._write_failed(sink, ev, exc)
 
@@ -311,11 +411,12 @@ class Recorder:
         """Called with the lock held when encoding or writing ``ev`` raised ``exc``."""
         if isinstance(exc, TypeError):  # a value orjson refuses: keep the event, say why
             try:
-                sink.spill(orjson.dumps(_plain(ev, exc), option=_OPTS))
+                plain = _plain(ev, exc)
+                plain["seq"] = 0
+                self._put_call(sink, plain)
                 return
             except Exception as again:
                 exc = again
-        self._seq -= 1
         self._fail(exc)
 
     def _write_now(self, line: bytes) -> None:
@@ -327,7 +428,7 @@ class Recorder:
         self._lost += 1
         if sink is not None:
             with contextlib.suppress(Exception):  # already failing; keep what was written
-                sink.close()
+                self._detach_journal(sink)
         self._warn(f"cannot write the trace any more ({exc}); tracing stopped, "
                    "the program runs on and the trace so far is kept")
 
@@ -339,11 +440,18 @@ class Recorder:
                 return
             for sock in list(self._held):
                 self._release(sink, sock)
-            end = {"type": "end", "t": self._clock() - self._t0, "events": self._seq,
-                   "lost": self._lost}
+            end = {"type": "end", "t": self._clock() - self._t0, "events": self.events_written,
+                   "lost": self.lost}
             try:
-                sink.spill(orjson.dumps(end, option=_OPTS))
-                sink.close()
+                line = orjson.dumps(end, option=_OPTS)
+                if self._journal is not None and self._refill_error is None:
+                    self._journal.append_raw(line)
+                else:
+                    sink.spill(line)
+            except Exception as exc:
+                self._warn(f"cannot finish the trace ({exc})")
+            try:
+                self._detach_journal(sink)
             except Exception as exc:
                 self._warn(f"cannot finish the trace ({exc})")
 
@@ -353,8 +461,14 @@ class Recorder:
         # parent finished is already in the file, once). With ``fork_sink`` the child
         # goes on in a file of its own, same clock and t0, ids continuing the parent's.
         self._lock = threading.Lock()
+        self._refill_lock = threading.Lock()
         self._held = {}  # the parent writes these
         sink, self._sink = self._sink, None
+        journal, self._journal = self._journal, None
+        self.transfer = self._transfer_py
+        if journal is not None:  # let go of the parent's windows, writing nothing
+            self._seq = journal.seq
+            journal.detach()
         if sink is not None:
             sink.abandon()
         if sink is None or self._fork_sink is None:
@@ -365,7 +479,9 @@ class Recorder:
         try:
             self._sink = self._fork_sink(pid)
             self._seq = self._lost = 0
+            self._refill_error = None
             self._write_now(orjson.dumps(head, default=_json_default, option=_OPTS))
+            self._attach_journal()
         except Exception as exc:
             self._fail(exc)
 

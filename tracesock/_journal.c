@@ -1,0 +1,1122 @@
+/* The compiled hot path of tracing: one send/recv record, numbered, formatted and copied
+ * into the trace file's shared mapping in a single C call.
+ *
+ * Theory of operation. recorder.py does the same job in Python with a lock (numbering
+ * and writing must be one step, so that "seq" is strictly increasing in the file), a
+ * dict, base64 and orjson: about 1 us a call. Here the whole record is made while the
+ * GIL is held and without running any Python code or allocating any Python object, so
+ * no other thread can run in between: the GIL is the lock. Lines go straight into the
+ * mapped window (MAP_SHARED pages of the trace file), so a killed process leaves every
+ * finished line in the file, as with the Python path.
+ *
+ * Windows are mapped by Python (sink.py) and handed over with add_window(); they are
+ * consecutive ranges of the file. When the current one is half used and no next one is
+ * ready, the journal calls refill() (Python) after finishing its write. A line that
+ * does not fit is split across the current window and the next; if no next window is
+ * ready it waits in a private buffer until add_window() (or detach(), for close).
+ *
+ * Anything the fast path does not handle (a held would-block event, TLS extras, args
+ * other than small ints, a closed journal) goes to slow(), the Python path, with the
+ * same arguments: nothing is written here then.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pythread.h>
+#include <structmember.h>
+#include <string.h>
+#include <time.h>
+
+#define HEAD_MAX 1024
+#define MAX_ARGS 8
+#define NAME_MAX_LEN 48
+#define GRAVE 16
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer cur; /* current window; cur.obj == NULL when there is none */
+    Py_ssize_t pos; /* write position in cur */
+    Py_buffer next; /* the window after it, when ready */
+    long long written; /* bytes in the file so far (window bases + positions) */
+    long long seq;
+    double t0;
+    int payload;
+    int held; /* set by Python while a would-block event is held back */
+    int closed;
+    int asked; /* refill() called and not yet answered by add_window() */
+    char *pend; /* bytes waiting for a window */
+    Py_ssize_t pend_len, pend_cap;
+    char *scratch;
+    Py_ssize_t scratch_cap;
+    long long lost; /* lines dropped because memory ran out */
+    PyObject *retired[GRAVE]; /* used-up windows, kept alive until it is safe to unmap */
+    int nretired;
+    PyObject *slow;
+    PyObject *refill;
+} Journal;
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode(char *out, const unsigned char *in, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    for (; i + 2 < n; i += 3) {
+        unsigned v = ((unsigned)in[i] << 16) | ((unsigned)in[i + 1] << 8) | in[i + 2];
+        out[0] = B64[v >> 18];
+        out[1] = B64[(v >> 12) & 63];
+        out[2] = B64[(v >> 6) & 63];
+        out[3] = B64[v & 63];
+        out += 4;
+    }
+    if (i < n) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        out[0] = B64[v >> 18];
+        out[1] = B64[(v >> 12) & 63];
+        out[2] = (i + 1 < n) ? B64[(v >> 6) & 63] : '=';
+        out[3] = '=';
+        out += 4;
+    }
+    return out;
+}
+
+static char *put_int(char *p, long long v)
+{
+    char tmp[24];
+    int k = 0;
+    unsigned long long u;
+    if (v < 0) {
+        *p++ = '-';
+        u = (unsigned long long)(-(v + 1)) + 1;
+    }
+    else {
+        u = (unsigned long long)v;
+    }
+    do {
+        tmp[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (k)
+        *p++ = tmp[--k];
+    return p;
+}
+
+static char *put_uint(char *p, unsigned long long u)
+{
+    char tmp[24];
+    int k = 0;
+    do {
+        tmp[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (k)
+        *p++ = tmp[--k];
+    return p;
+}
+
+/* Seconds with nanosecond resolution (the clock's), trailing zeros dropped: 0.000012345,
+ * 1.5, 3.0. Always a JSON float. */
+static char *put_seconds(char *p, double s)
+{
+    long long ns;
+    if (!(s == s) || s > 9.0e9 || s < -9.0e9) { /* NaN or absurd: keep it a number */
+        s = 0.0;
+    }
+    if (s < 0) {
+        *p++ = '-';
+        s = -s;
+    }
+    ns = (long long)(s * 1e9 + 0.5);
+    p = put_int(p, ns / 1000000000LL);
+    *p++ = '.';
+    long long frac = ns % 1000000000LL;
+    char digits[9];
+    for (int i = 8; i >= 0; i--) {
+        digits[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    int last = 8;
+    while (last > 0 && digits[last] == '0')
+        last--;
+    memcpy(p, digits, (size_t)last + 1);
+    return p + last + 1;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* as time.perf_counter() converts it: nanoseconds / 1e9 */
+    long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return (double)ns / 1e9;
+}
+
+/* A name fit to write between quotes as it is: [A-Za-z0-9_], short. */
+static const char *plain_name(PyObject *s, Py_ssize_t *len)
+{
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_COMPACT_ASCII(s))
+        return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    const char *c = (const char *)PyUnicode_DATA(s);
+    if (n == 0 || n > NAME_MAX_LEN)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char ch = c[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_'))
+            return NULL;
+    }
+    *len = n;
+    return c;
+}
+
+/* -- windows ------------------------------------------------------------------------ */
+
+/* Unmapping (mmap's dealloc) releases the GIL: another thread could then write in the
+ * middle of a line. So a used-up window is only let go of here, which is called where
+ * other threads may run anyway (before refill(), from add_window and detach). */
+static void bury_retired(Journal *j)
+{
+    while (j->nretired > 0) {
+        PyObject *w = j->retired[--j->nretired];
+        Py_DECREF(w);
+    }
+}
+
+static void drop_cur(Journal *j)
+{
+    if (j->cur.obj != NULL) {
+        if (j->nretired < GRAVE) {
+            Py_INCREF(j->cur.obj);
+            j->retired[j->nretired++] = j->cur.obj;
+        }
+        PyBuffer_Release(&j->cur); /* ends the export; the reference above keeps it mapped */
+    }
+    j->cur.obj = NULL;
+    j->pos = 0;
+    if (j->next.obj != NULL) {
+        j->cur = j->next;
+        j->next.obj = NULL;
+    }
+}
+
+static int pend_append(Journal *j, const char *p, Py_ssize_t n)
+{
+    if (j->pend_len + n > j->pend_cap) {
+        Py_ssize_t cap = j->pend_cap ? j->pend_cap : 65536;
+        while (cap < j->pend_len + n)
+            cap *= 2;
+        char *grown = PyMem_RawRealloc(j->pend, (size_t)cap);
+        if (grown == NULL)
+            return -1;
+        j->pend = grown;
+        j->pend_cap = cap;
+    }
+    memcpy(j->pend + j->pend_len, p, (size_t)n);
+    j->pend_len += n;
+    return 0;
+}
+
+/* Copy n bytes to the end of the file: the current window, the next ones, or the
+ * private buffer when there is no window (always after what is already waiting). */
+static int put(Journal *j, const char *p, Py_ssize_t n)
+{
+    while (n > 0 && j->pend_len == 0 && j->cur.obj != NULL) {
+        Py_ssize_t room = j->cur.len - j->pos;
+        Py_ssize_t k = n < room ? n : room;
+        memcpy((char *)j->cur.buf + j->pos, p, (size_t)k);
+        j->pos += k;
+        j->written += k;
+        p += k;
+        n -= k;
+        if (j->pos == j->cur.len)
+            drop_cur(j);
+    }
+    if (n > 0)
+        return pend_append(j, p, n);
+    return 0;
+}
+
+static int needs_window(Journal *j)
+{
+    if (j->closed || j->next.obj != NULL)
+        return 0;
+    return j->cur.obj == NULL || (j->cur.len - j->pos) < j->cur.len / 2;
+}
+
+static int wants_window(Journal *j)
+{
+    return !j->asked && needs_window(j);
+}
+
+static void ask_refill(Journal *j)
+{
+    j->asked = 1; /* other threads, running while refill() does, do not ask again */
+    bury_retired(j);
+    PyObject *r = PyObject_CallNoArgs(j->refill);
+    if (r == NULL)
+        PyErr_WriteUnraisable(j->refill);
+    Py_XDECREF(r);
+    j->asked = 0; /* answered, or to be asked again by the next write */
+}
+
+/* Room for a line being formatted: in the window when it fits there, else scratch. */
+static char *line_buffer(Journal *j, Py_ssize_t total, int *direct)
+{
+    if (j->pend_len == 0 && j->cur.obj != NULL && j->cur.len - j->pos >= total) {
+        *direct = 1;
+        return (char *)j->cur.buf + j->pos;
+    }
+    *direct = 0;
+    if (total > j->scratch_cap) {
+        Py_ssize_t cap = j->scratch_cap ? j->scratch_cap : 4096;
+        while (cap < total)
+            cap *= 2;
+        char *grown = PyMem_RawRealloc(j->scratch, (size_t)cap);
+        if (grown == NULL)
+            return NULL;
+        j->scratch = grown;
+        j->scratch_cap = cap;
+    }
+    return j->scratch;
+}
+
+static void commit(Journal *j, char *line, Py_ssize_t total, int direct)
+{
+    if (direct) {
+        j->pos += total;
+        j->written += total;
+        if (j->pos == j->cur.len)
+            drop_cur(j);
+    }
+    else if (put(j, line, total) < 0) {
+        j->lost++;
+    }
+}
+
+/* -- one record: the hot path ---------------------------------------------------------- */
+
+typedef struct {
+    const char *key;
+    Py_ssize_t klen;
+    long long val;
+} Arg;
+
+/* Number, format and write one send/recv record. ``data`` is NULL when no payload is to
+ * be recorded; otherwise it holds at least ``nbytes`` bytes (the caller checked). */
+static void journal_record(Journal *j, long long sock, const char *op, Py_ssize_t oplen,
+                           double start, double end, long long nbytes, const Py_buffer *data,
+                           const Arg *kv, int nkv)
+{
+    char head[HEAD_MAX];
+    char *p = head;
+#define LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
+    LIT("{\"type\":\"call\",\"seq\":");
+    p = put_int(p, ++j->seq);
+    LIT(",\"t\":");
+    p = put_seconds(p, start - j->t0);
+    LIT(",\"dur\":");
+    p = put_seconds(p, end - start);
+    LIT(",\"sock\":");
+    p = put_int(p, sock);
+    LIT(",\"op\":\"");
+    memcpy(p, op, (size_t)oplen);
+    p += oplen;
+    LIT("\",\"thread\":");
+    p = put_uint(p, (unsigned long long)PyThread_get_thread_ident());
+    LIT(",\"args\":{");
+    for (int i = 0; i < nkv; i++) {
+        if (i)
+            *p++ = ',';
+        *p++ = '"';
+        memcpy(p, kv[i].key, (size_t)kv[i].klen);
+        p += kv[i].klen;
+        *p++ = '"';
+        *p++ = ':';
+        p = put_int(p, kv[i].val);
+    }
+    LIT("},\"nbytes\":");
+    p = put_int(p, nbytes);
+    Py_ssize_t b64len = 0;
+    if (data != NULL) {
+        b64len = (Py_ssize_t)((nbytes + 2) / 3) * 4;
+        LIT(",\"data\":\"");
+    }
+#undef LIT
+    Py_ssize_t headlen = p - head;
+    Py_ssize_t total = headlen + (data != NULL ? b64len + 3 : 2);
+    int direct;
+    char *line = line_buffer(j, total, &direct);
+    if (line == NULL) {
+        j->seq--;
+        j->lost++;
+        return;
+    }
+    memcpy(line, head, (size_t)headlen);
+    char *q = line + headlen;
+    if (data != NULL) {
+        q = b64_encode(q, (const unsigned char *)data->buf, (Py_ssize_t)nbytes);
+        *q++ = '"';
+    }
+    *q++ = '}';
+    *q++ = '\n';
+    commit(j, line, total, direct);
+    if (wants_window(j))
+        ask_refill(j);
+}
+
+static PyObject *decline(Journal *j, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyErr_Clear();
+    return PyObject_Vectorcall(j->slow, args, (size_t)nargs, NULL);
+}
+
+/* transfer(sock, op, start, nbytes, data, args, extra=None): Recorder.transfer's
+ * signature, for the Python callers (TLS, UDP...); the socket methods below call
+ * journal_record directly. */
+static PyObject *Journal_transfer(Journal *j, PyObject *const *args, Py_ssize_t nargs)
+{
+    double end = now_seconds();
+    if (nargs < 6 || nargs > 7)
+        return decline(j, args, nargs);
+    if (j->closed || j->held || (nargs == 7 && args[6] != Py_None))
+        return decline(j, args, nargs);
+    PyObject *o_sock = args[0], *o_op = args[1], *o_start = args[2], *o_n = args[3];
+    PyObject *o_data = args[4], *o_args = args[5];
+    if (!PyLong_CheckExact(o_sock) || !PyFloat_CheckExact(o_start) || !PyLong_CheckExact(o_n) ||
+        !PyDict_CheckExact(o_args))
+        return decline(j, args, nargs);
+    int overflow = 0;
+    long long sock = PyLong_AsLongLongAndOverflow(o_sock, &overflow);
+    if (overflow)
+        return decline(j, args, nargs);
+    long long nbytes = PyLong_AsLongLongAndOverflow(o_n, &overflow);
+    if (overflow || nbytes < 0)
+        return decline(j, args, nargs);
+    Py_ssize_t oplen;
+    const char *op = plain_name(o_op, &oplen);
+    if (op == NULL || PyDict_GET_SIZE(o_args) > MAX_ARGS)
+        return decline(j, args, nargs);
+    Arg kv[MAX_ARGS];
+    int nkv = 0;
+    Py_ssize_t it = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(o_args, &it, &key, &value)) {
+        kv[nkv].key = plain_name(key, &kv[nkv].klen);
+        if (kv[nkv].key == NULL || !PyLong_CheckExact(value))
+            return decline(j, args, nargs);
+        kv[nkv].val = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow)
+            return decline(j, args, nargs);
+        nkv++;
+    }
+    Py_buffer data;
+    int have_data = 0;
+    if (o_data != Py_None && j->payload) {
+        if (PyObject_GetBuffer(o_data, &data, PyBUF_SIMPLE) < 0)
+            return decline(j, args, nargs);
+        if (nbytes > data.len) {
+            PyBuffer_Release(&data);
+            return decline(j, args, nargs);
+        }
+        have_data = 1;
+    }
+    journal_record(j, sock, op, oplen, PyFloat_AS_DOUBLE(o_start), end, nbytes,
+                   have_data ? &data : NULL, kv, nkv);
+    if (have_data)
+        PyBuffer_Release(&data);
+    Py_RETURN_NONE;
+}
+
+/* -- the slow paths' writes ----------------------------------------------------------- */
+
+static const char CALL_PREFIX[] = "{\"type\":\"call\",\"seq\":0,";
+
+/* append_call(line) -> seq: ``line`` is orjson's encoding of a call record whose "type"
+ * and "seq" come first with seq 0; it is written with the next number instead. */
+static PyObject *Journal_append_call(Journal *j, PyObject *arg)
+{
+    const Py_ssize_t plen = sizeof(CALL_PREFIX) - 1;
+    if (!PyBytes_Check(arg) || PyBytes_GET_SIZE(arg) <= plen ||
+        memcmp(PyBytes_AS_STRING(arg), CALL_PREFIX, (size_t)plen) != 0) {
+        PyErr_SetString(PyExc_ValueError, "append_call needs a call record with seq 0 first");
+        return NULL;
+    }
+    if (j->closed) {
+        PyErr_SetString(PyExc_ValueError, "the journal is closed");
+        return NULL;
+    }
+    char head[48];
+    char *p = head;
+    memcpy(p, CALL_PREFIX, (size_t)plen - 2);
+    p += plen - 2;
+    p = put_int(p, ++j->seq);
+    *p++ = ',';
+    if (put(j, head, p - head) < 0 ||
+        put(j, PyBytes_AS_STRING(arg) + plen, PyBytes_GET_SIZE(arg) - plen) < 0) {
+        return PyErr_NoMemory();
+    }
+    long long seq = j->seq;
+    if (wants_window(j))
+        ask_refill(j);
+    return PyLong_FromLongLong(seq);
+}
+
+/* append_raw(line): a line written as it is (header, end record). */
+static PyObject *Journal_append_raw(Journal *j, PyObject *arg)
+{
+    Py_buffer b;
+    if (j->closed) {
+        PyErr_SetString(PyExc_ValueError, "the journal is closed");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int r = put(j, (const char *)b.buf, b.len);
+    PyBuffer_Release(&b);
+    if (r < 0)
+        return PyErr_NoMemory();
+    if (wants_window(j))
+        ask_refill(j);
+    Py_RETURN_NONE;
+}
+
+/* add_window(buffer, pos=0): the next range of the file, writable, right after the
+ * last one. Waiting bytes go into it first. */
+static PyObject *Journal_add_window(Journal *j, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t pos = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "add_window(buffer, pos=0)");
+        return NULL;
+    }
+    if (nargs == 2) {
+        pos = PyLong_AsSsize_t(args[1]);
+        if (pos == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    bury_retired(j);
+    if (j->closed) {
+        PyErr_SetString(PyExc_ValueError, "the journal is closed");
+        return NULL;
+    }
+    if (j->next.obj != NULL) {
+        PyErr_SetString(PyExc_ValueError, "a next window is already waiting");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (pos < 0 || pos > b.len) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "pos outside the window");
+        return NULL;
+    }
+    j->asked = 0;
+    if (j->cur.obj == NULL) {
+        j->cur = b;
+        j->pos = pos;
+        j->written += pos;
+        if (j->pos == j->cur.len)
+            drop_cur(j);
+        if (j->pend_len) { /* flush what waited, in order */
+            char *w = j->pend;
+            Py_ssize_t n = j->pend_len;
+            j->pend = NULL;
+            j->pend_len = 0;
+            j->pend_cap = 0;
+            int r = put(j, w, n);
+            PyMem_RawFree(w);
+            if (r < 0)
+                return PyErr_NoMemory();
+        }
+    }
+    else {
+        j->next = b;
+    }
+    if (wants_window(j))
+        ask_refill(j);
+    Py_RETURN_NONE;
+}
+
+/* detach() -> (written, waiting): let go of every window; ``written`` is the file's
+ * length in lines so far, ``waiting`` the bytes that had no window yet (to be written at
+ * that offset). The journal is closed afterwards. */
+static PyObject *Journal_detach(Journal *j, PyObject *Py_UNUSED(ignored))
+{
+    bury_retired(j);
+    if (j->cur.obj != NULL)
+        PyBuffer_Release(&j->cur);
+    if (j->next.obj != NULL)
+        PyBuffer_Release(&j->next);
+    j->cur.obj = j->next.obj = NULL;
+    j->closed = 1;
+    PyObject *waiting = PyBytes_FromStringAndSize(j->pend ? j->pend : "", j->pend_len);
+    PyMem_RawFree(j->pend);
+    j->pend = NULL;
+    j->pend_len = j->pend_cap = 0;
+    if (waiting == NULL)
+        return NULL;
+    return Py_BuildValue("(LN)", j->written, waiting);
+}
+
+/* stop(): refuse every write from now on (transfers go to slow()); detach() still
+ * gives back what was written. */
+static PyObject *Journal_stop(Journal *j, PyObject *Py_UNUSED(ignored))
+{
+    j->closed = 1;
+    Py_RETURN_NONE;
+}
+
+/* -- TracedSocket's send, sendall, recv and recv_into -------------------------------------
+ *
+ * The same methods as sockets.py writes in Python, for a socket whose recorder has a
+ * journal: clock, the real call, and the record, with no Python frame in between. For
+ * any other recorder, or arguments out of the ordinary (keywords, non-int sizes), they
+ * call the Python method instead, before doing anything; a failed call is recorded by
+ * the Python function ``failed`` and the exception re-raised unchanged. */
+
+enum { OP_SEND, OP_SENDALL, OP_RECV, OP_RECV_INTO, N_OPS };
+static const char *const OP_NAMES[N_OPS] = {"send", "sendall", "recv", "recv_into"};
+static PyObject *real_methods[N_OPS]; /* socket.socket's own */
+static PyObject *py_methods[N_OPS]; /* sockets.py's TracedSocket methods */
+static PyObject *failed_hook; /* failed(sock, op, start, exc, args) */
+static PyObject *str_ts_rec, *str_ts_id, *str_transfer;
+static PyTypeObject *traced_type; /* TracedSocket: its slots are read in place */
+static Py_ssize_t rec_offset, id_offset; /* of the _ts_rec and _ts_id slots */
+static PyTypeObject JournalType;
+
+/* The journal of ``self``'s recorder (a new reference), with the socket's id; NULL
+ * (without an exception) when the recorder has none. */
+static Journal *journal_of(PyObject *self, long long *sock)
+{
+    if (traced_type == NULL || !PyObject_TypeCheck(self, traced_type))
+        return NULL;
+    PyObject *rec = *(PyObject **)((char *)self + rec_offset);
+    if (rec == NULL)
+        return NULL;
+    PyObject *tr = PyObject_GetAttr(rec, str_transfer);
+    if (tr == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Journal *j = NULL;
+    if (PyCFunction_Check(tr) && PyCFunction_GET_FUNCTION(tr) == (PyCFunction)(void (*)(void))Journal_transfer) {
+        PyObject *owner = PyCFunction_GET_SELF(tr);
+        if (owner != NULL && Py_IS_TYPE(owner, &JournalType)) {
+            j = (Journal *)owner;
+            Py_INCREF(j);
+        }
+    }
+    Py_DECREF(tr);
+    if (j == NULL)
+        return NULL;
+    PyObject *id = *(PyObject **)((char *)self + id_offset);
+    int overflow = 0;
+    *sock = id != NULL && PyLong_CheckExact(id) ? PyLong_AsLongLongAndOverflow(id, &overflow) : -1;
+    if (*sock < 0 || overflow) {
+        PyErr_Clear();
+        Py_DECREF(j);
+        return NULL;
+    }
+    return j;
+}
+
+static PyObject *python_method(int op, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *stack[4];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs + nkw > 3) { /* let the Python method word the error */
+        PyObject *all = PyTuple_New(nargs + nkw + 1);
+        if (all == NULL)
+            return NULL;
+        Py_INCREF(self);
+        PyTuple_SET_ITEM(all, 0, self);
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+            Py_INCREF(args[i]);
+            PyTuple_SET_ITEM(all, i + 1, args[i]);
+        }
+        PyObject *r = PyObject_Vectorcall(py_methods[op], &PyTuple_GET_ITEM(all, 0),
+                                          (size_t)(nargs + 1), kwnames);
+        Py_DECREF(all);
+        return r;
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        stack[i + 1] = args[i];
+    return PyObject_Vectorcall(py_methods[op], stack, (size_t)(nargs + 1), kwnames);
+}
+
+/* Record the exception being raised by the real call, then leave it set, unchanged. */
+static void record_failure(Journal *j, int op, long long sock, double start, PyObject *self,
+                           PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *call_args = PyTuple_New(nargs);
+    PyObject *o_start = PyFloat_FromDouble(start);
+    PyObject *o_sock = PyLong_FromLongLong(sock);
+    PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]);
+    if (call_args && o_start && o_sock && o_op && value) {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            Py_INCREF(args[i]);
+            PyTuple_SET_ITEM(call_args, i, args[i]);
+        }
+        PyObject *stack[7] = {NULL, self, o_sock, o_op, o_start, value, call_args};
+        PyObject *r = PyObject_Vectorcall(failed_hook, stack + 1, 6, NULL);
+        if (r == NULL)
+            PyErr_WriteUnraisable(failed_hook);
+        Py_XDECREF(r);
+    }
+    else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(call_args);
+    Py_XDECREF(o_start);
+    Py_XDECREF(o_sock);
+    Py_XDECREF(o_op);
+    PyErr_Restore(type, value, tb);
+}
+
+/* After the real call succeeded: write the record, or hand it to the Python path when
+ * the journal does not take it now (a held would-block event, a stopped journal). */
+static int record_success(Journal *j, int op, long long sock, double start, long long nbytes,
+                          PyObject *payload, const Arg *kv, int nkv)
+{
+    double end = now_seconds();
+    Py_buffer data;
+    int have_data = 0;
+    if (!j->closed && !j->held) {
+        if (payload != NULL && j->payload) {
+            if (PyObject_GetBuffer(payload, &data, PyBUF_SIMPLE) < 0) {
+                PyErr_Clear();
+                goto slow;
+            }
+            if (data.len < nbytes) {
+                PyBuffer_Release(&data);
+                goto slow;
+            }
+            have_data = 1;
+        }
+        journal_record(j, sock, OP_NAMES[op], (Py_ssize_t)strlen(OP_NAMES[op]), start, end, nbytes,
+                       have_data ? &data : NULL, kv, nkv);
+        if (have_data)
+            PyBuffer_Release(&data);
+        return 0;
+    }
+slow:;
+    PyObject *o_args = PyDict_New(), *o_sock = PyLong_FromLongLong(sock);
+    PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]), *o_start = PyFloat_FromDouble(start);
+    PyObject *o_n = PyLong_FromLongLong(nbytes);
+    int ok = o_args && o_sock && o_op && o_start && o_n;
+    for (int i = 0; ok && i < nkv; i++) {
+        PyObject *v = PyLong_FromLongLong(kv[i].val);
+        ok = v != NULL && PyDict_SetItemString(o_args, kv[i].key, v) == 0;
+        Py_XDECREF(v);
+    }
+    PyObject *data_obj = payload;
+    if (ok && payload != NULL && op == OP_RECV_INTO) { /* the filled part of the buffer */
+        PyObject *view = PyMemoryView_FromObject(payload);
+        data_obj = NULL;
+        if (view != NULL) {
+            PyObject *bytes = PyObject_CallMethod(view, "tobytes", NULL);
+            Py_DECREF(view);
+            if (bytes != NULL) {
+                data_obj = PyBytes_FromStringAndSize(PyBytes_AS_STRING(bytes),
+                                                     nbytes < PyBytes_GET_SIZE(bytes) ? nbytes : PyBytes_GET_SIZE(bytes));
+                Py_DECREF(bytes);
+            }
+        }
+        ok = data_obj != NULL;
+    }
+    if (ok) {
+        PyObject *stack[6] = {o_sock, o_op, o_start, o_n, payload ? data_obj : Py_None, o_args};
+        PyObject *r = PyObject_Vectorcall(j->slow, stack, 6, NULL);
+        Py_XDECREF(r);
+        ok = r != NULL;
+    }
+    if (data_obj != payload)
+        Py_XDECREF(data_obj);
+    Py_XDECREF(o_args);
+    Py_XDECREF(o_sock);
+    Py_XDECREF(o_op);
+    Py_XDECREF(o_start);
+    Py_XDECREF(o_n);
+    if (!ok)
+        PyErr_WriteUnraisable(j->slow); /* tracing never changes the program */
+    return 0;
+}
+
+static PyObject *call_real(int op, PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *stack[4];
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        stack[i + 1] = args[i];
+    return PyObject_Vectorcall(real_methods[op], stack, (size_t)(nargs + 1), NULL);
+}
+
+static int small_int(PyObject *o, long long *out)
+{
+    int overflow = 0;
+    if (!PyLong_CheckExact(o))
+        return 0;
+    *out = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow && !(*out == -1 && PyErr_Occurred());
+}
+
+/* send(data[, flags]) and sendall(data[, flags]) */
+static PyObject *traced_send_common(int op, PyObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    long long sock, flags = 0;
+    if (kwnames != NULL || nargs < 1 || nargs > 2 || (nargs == 2 && !small_int(args[1], &flags)))
+        return python_method(op, self, args, nargs, kwnames);
+    Journal *j = journal_of(self, &sock);
+    if (j == NULL)
+        return python_method(op, self, args, nargs, kwnames);
+    double start = now_seconds();
+    PyObject *result = call_real(op, self, args, nargs);
+    if (result == NULL) {
+        record_failure(j, op, sock, start, self, args, nargs);
+        Py_DECREF(j);
+        return NULL;
+    }
+    long long nbytes;
+    if (op == OP_SEND) {
+        if (!small_int(result, &nbytes))
+            nbytes = 0;
+    }
+    else {
+        Py_buffer b;
+        if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) == 0) {
+            nbytes = b.len;
+            PyBuffer_Release(&b);
+        }
+        else { /* not a simple buffer: the Python path measures it its own way */
+            PyErr_Clear();
+            nbytes = -1;
+        }
+    }
+    Arg kv[1] = {{"flags", 5, flags}};
+    if (nbytes >= 0)
+        record_success(j, op, sock, start, nbytes, args[0], kv, flags ? 1 : 0);
+    else {
+        PyObject *o_sock = PyLong_FromLongLong(sock), *o_start = PyFloat_FromDouble(start);
+        PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]);
+        PyObject *o_args = flags ? Py_BuildValue("{sL}", "flags", flags) : PyDict_New();
+        PyObject *n = NULL, *view = NULL;
+        if (o_sock && o_start && o_op && o_args) {
+            view = PyMemoryView_FromObject(args[0]);
+            if (view != NULL) {
+                PyObject *bytes = PyObject_CallMethod(view, "tobytes", NULL);
+                Py_DECREF(view);
+                view = bytes;
+            }
+            if (view != NULL)
+                n = PyLong_FromSsize_t(PyBytes_GET_SIZE(view));
+        }
+        if (n != NULL) {
+            PyObject *stack[6] = {o_sock, o_op, o_start, n, view, o_args};
+            PyObject *r = PyObject_Vectorcall(j->slow, stack, 6, NULL);
+            if (r == NULL)
+                PyErr_WriteUnraisable(j->slow);
+            Py_XDECREF(r);
+        }
+        else
+            PyErr_Clear();
+        Py_XDECREF(n);
+        Py_XDECREF(view);
+        Py_XDECREF(o_sock);
+        Py_XDECREF(o_start);
+        Py_XDECREF(o_op);
+        Py_XDECREF(o_args);
+    }
+    Py_DECREF(j);
+    return result;
+}
+
+static PyObject *traced_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    return traced_send_common(OP_SEND, self, args, nargs, kw);
+}
+
+static PyObject *traced_sendall(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kw)
+{
+    return traced_send_common(OP_SENDALL, self, args, nargs, kw);
+}
+
+/* recv(bufsize[, flags]) */
+static PyObject *traced_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    long long sock, bufsize, flags = 0;
+    if (kw != NULL || nargs < 1 || nargs > 2 || !small_int(args[0], &bufsize) ||
+        (nargs == 2 && !small_int(args[1], &flags)))
+        return python_method(OP_RECV, self, args, nargs, kw);
+    Journal *j = journal_of(self, &sock);
+    if (j == NULL)
+        return python_method(OP_RECV, self, args, nargs, kw);
+    double start = now_seconds();
+    PyObject *result = call_real(OP_RECV, self, args, nargs);
+    if (result == NULL) {
+        record_failure(j, OP_RECV, sock, start, self, args, nargs);
+        Py_DECREF(j);
+        return NULL;
+    }
+    Arg kv[2] = {{"bufsize", 7, bufsize}, {"flags", 5, flags}};
+    long long n = PyBytes_Check(result) ? PyBytes_GET_SIZE(result) : 0;
+    record_success(j, OP_RECV, sock, start, n, result, kv, flags ? 2 : 1);
+    Py_DECREF(j);
+    return result;
+}
+
+/* recv_into(buffer[, nbytes[, flags]]) */
+static PyObject *traced_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kw)
+{
+    long long sock, want = 0, flags = 0;
+    if (kw != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !small_int(args[1], &want)) ||
+        (nargs == 3 && !small_int(args[2], &flags)))
+        return python_method(OP_RECV_INTO, self, args, nargs, kw);
+    Journal *j = journal_of(self, &sock);
+    if (j == NULL)
+        return python_method(OP_RECV_INTO, self, args, nargs, kw);
+    long long bufsize = want;
+    if (!bufsize) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            Py_DECREF(j);
+            return python_method(OP_RECV_INTO, self, args, nargs, kw);
+        }
+        bufsize = b.len;
+        PyBuffer_Release(&b);
+    }
+    double start = now_seconds();
+    PyObject *result = call_real(OP_RECV_INTO, self, args, nargs);
+    if (result == NULL) {
+        record_failure(j, OP_RECV_INTO, sock, start, self, args, nargs);
+        Py_DECREF(j);
+        return NULL;
+    }
+    long long n = 0;
+    if (!small_int(result, &n))
+        n = 0;
+    Arg kv[2] = {{"bufsize", 7, bufsize}, {"flags", 5, flags}};
+    record_success(j, OP_RECV_INTO, sock, start, n, args[0], kv, flags ? 2 : 1);
+    Py_DECREF(j);
+    return result;
+}
+
+static PyMethodDef traced_defs[N_OPS] = {
+    {"send", (PyCFunction)(void (*)(void))traced_send, METH_FASTCALL | METH_KEYWORDS,
+     "send($self, data, flags=0, /)\n--\n\nsocket.send, traced."},
+    {"sendall", (PyCFunction)(void (*)(void))traced_sendall, METH_FASTCALL | METH_KEYWORDS,
+     "sendall($self, data, flags=0, /)\n--\n\nsocket.sendall, traced."},
+    {"recv", (PyCFunction)(void (*)(void))traced_recv, METH_FASTCALL | METH_KEYWORDS,
+     "recv($self, bufsize, flags=0, /)\n--\n\nsocket.recv, traced."},
+    {"recv_into", (PyCFunction)(void (*)(void))traced_recv_into, METH_FASTCALL | METH_KEYWORDS,
+     "recv_into($self, buffer, nbytes=0, flags=0, /)\n--\n\nsocket.recv_into, traced."},
+};
+
+/* socket_methods(socket_type, real, python, failed) -> {name: method descriptor}.
+ * ``real`` and ``python`` map each of send, sendall, recv, recv_into to socket.socket's
+ * method and to sockets.py's; ``failed(self, sock, op, start, exc, args)`` records a
+ * call that raised. */
+static PyObject *socket_methods(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyType_Check(args[0]) || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "socket_methods(traced_type, real, python, failed)");
+        return NULL;
+    }
+    PyTypeObject *tt = (PyTypeObject *)args[0];
+    Py_ssize_t offsets[2];
+    PyObject *names[2] = {str_ts_rec, str_ts_id};
+    for (int i = 0; i < 2; i++) { /* __slots__ members: PyMemberDescr with an offset */
+        PyObject *d = PyDict_GetItemWithError(tt->tp_dict, names[i]);
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "%s has no slot %U", tt->tp_name, names[i]);
+            return NULL;
+        }
+        offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    Py_INCREF(tt);
+    Py_XSETREF(traced_type, tt);
+    rec_offset = offsets[0];
+    id_offset = offsets[1];
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (int op = 0; op < N_OPS; op++) {
+        PyObject *real = PyDict_GetItemString(args[1], OP_NAMES[op]);
+        PyObject *py = PyDict_GetItemString(args[2], OP_NAMES[op]);
+        if (real == NULL || py == NULL) {
+            Py_DECREF(out);
+            PyErr_Format(PyExc_KeyError, "socket_methods: no %s", OP_NAMES[op]);
+            return NULL;
+        }
+        Py_INCREF(real);
+        Py_XSETREF(real_methods[op], real);
+        Py_INCREF(py);
+        Py_XSETREF(py_methods[op], py);
+        PyObject *descr = PyDescr_NewMethod(tt, &traced_defs[op]);
+        if (descr == NULL || PyDict_SetItemString(out, OP_NAMES[op], descr) < 0) {
+            Py_XDECREF(descr);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(descr);
+    }
+    Py_INCREF(args[3]);
+    Py_XSETREF(failed_hook, args[3]);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"socket_methods", (PyCFunction)(void (*)(void))socket_methods, METH_FASTCALL,
+     "socket_methods(socket_type, real, python, failed) -> {name: method}"},
+    {NULL},
+};
+
+/* -- the type --------------------------------------------------------------------------- */
+
+static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"slow", "refill", "t0", "payload", NULL};
+    PyObject *slow, *refill;
+    double t0;
+    int payload = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd|p", kwlist, &slow, &refill, &t0, &payload))
+        return -1;
+    if (!PyCallable_Check(slow) || !PyCallable_Check(refill)) {
+        PyErr_SetString(PyExc_TypeError, "slow and refill must be callable");
+        return -1;
+    }
+    Py_INCREF(slow);
+    Py_XSETREF(j->slow, slow);
+    Py_INCREF(refill);
+    Py_XSETREF(j->refill, refill);
+    j->t0 = t0;
+    j->payload = payload;
+    return 0;
+}
+
+static int Journal_traverse(Journal *j, visitproc visit, void *arg)
+{
+    Py_VISIT(j->slow);
+    Py_VISIT(j->refill);
+    return 0;
+}
+
+static int Journal_clear(Journal *j)
+{
+    Py_CLEAR(j->slow);
+    Py_CLEAR(j->refill);
+    return 0;
+}
+
+static void Journal_dealloc(Journal *j)
+{
+    PyObject_GC_UnTrack(j);
+    bury_retired(j);
+    if (j->cur.obj != NULL)
+        PyBuffer_Release(&j->cur);
+    if (j->next.obj != NULL)
+        PyBuffer_Release(&j->next);
+    PyMem_RawFree(j->pend);
+    PyMem_RawFree(j->scratch);
+    Journal_clear(j);
+    Py_TYPE(j)->tp_free((PyObject *)j);
+}
+
+static PyObject *get_seq(Journal *j, void *c) { return PyLong_FromLongLong(j->seq); }
+static PyObject *get_written(Journal *j, void *c) { return PyLong_FromLongLong(j->written); }
+static PyObject *get_lost(Journal *j, void *c) { return PyLong_FromLongLong(j->lost); }
+static PyObject *get_closed(Journal *j, void *c) { return PyBool_FromLong(j->closed); }
+static PyObject *get_waiting(Journal *j, void *c) { return PyLong_FromSsize_t(j->pend_len); }
+static PyObject *get_held(Journal *j, void *c) { return PyBool_FromLong(j->held); }
+static PyObject *get_needs(Journal *j, void *c) { return PyBool_FromLong(needs_window(j)); }
+
+static int set_held(Journal *j, PyObject *v, void *c)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete held");
+        return -1;
+    }
+    int t = PyObject_IsTrue(v);
+    if (t < 0)
+        return -1;
+    j->held = t;
+    return 0;
+}
+
+static PyGetSetDef Journal_getset[] = {
+    {"seq", (getter)get_seq, NULL, "the last number given", NULL},
+    {"written", (getter)get_written, NULL, "bytes in the file's windows so far", NULL},
+    {"lost", (getter)get_lost, NULL, "lines dropped for want of memory", NULL},
+    {"closed", (getter)get_closed, NULL, "detached", NULL},
+    {"waiting", (getter)get_waiting, NULL, "bytes waiting for a window", NULL},
+    {"held", (getter)get_held, (setter)set_held, "send every transfer to slow()", NULL},
+    {"needs_window", (getter)get_needs, NULL, "whether add_window() is due", NULL},
+    {NULL},
+};
+
+static PyMethodDef Journal_methods[] = {
+    {"transfer", (PyCFunction)(void (*)(void))Journal_transfer, METH_FASTCALL,
+     "transfer(sock, op, start, nbytes, data, args, extra=None)"},
+    {"append_call", (PyCFunction)Journal_append_call, METH_O, "append_call(line) -> seq"},
+    {"append_raw", (PyCFunction)Journal_append_raw, METH_O, "append_raw(line)"},
+    {"add_window", (PyCFunction)(void (*)(void))Journal_add_window, METH_FASTCALL,
+     "add_window(buffer, pos=0)"},
+    {"detach", (PyCFunction)Journal_detach, METH_NOARGS, "detach() -> (written, waiting)"},
+    {"stop", (PyCFunction)Journal_stop, METH_NOARGS, "stop(): refuse every later write"},
+    {NULL},
+};
+
+static PyTypeObject JournalType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tracesock._journal.Journal",
+    .tp_basicsize = sizeof(Journal),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Numbers, formats and writes trace lines into mapped windows of the file.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Journal_init,
+    .tp_dealloc = (destructor)Journal_dealloc,
+    .tp_traverse = (traverseproc)Journal_traverse,
+    .tp_clear = (inquiry)Journal_clear,
+    .tp_methods = Journal_methods,
+    .tp_getset = Journal_getset,
+};
+
+static struct PyModuleDef journal_module = {
+    PyModuleDef_HEAD_INIT, "_journal", "The compiled hot path of tracing.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__journal(void)
+{
+    if (PyType_Ready(&JournalType) < 0)
+        return NULL;
+    str_ts_rec = PyUnicode_InternFromString("_ts_rec");
+    str_ts_id = PyUnicode_InternFromString("_ts_id");
+    str_transfer = PyUnicode_InternFromString("transfer");
+    if (str_ts_rec == NULL || str_ts_id == NULL || str_transfer == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&journal_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&JournalType);
+    if (PyModule_AddObject(m, "Journal", (PyObject *)&JournalType) < 0) {
+        Py_DECREF(&JournalType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

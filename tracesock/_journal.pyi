@@ -1,0 +1,33 @@
+"""Types of the compiled journal (tracesock/_journal.c)."""
+
+from collections.abc import Callable
+from typing import Any
+
+from _typeshed import ReadableBuffer, WriteableBuffer
+
+class Journal:
+    seq: int
+    written: int
+    lost: int
+    closed: bool
+    waiting: int
+    held: bool
+    needs_window: bool
+    def __init__(
+        self, slow: Callable[..., None], refill: Callable[[], None], t0: float,
+        payload: bool = ...,
+    ) -> None: ...
+    def transfer(
+        self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Any,
+        extra: Any = ..., /,
+    ) -> None: ...
+    def append_call(self, line: bytes, /) -> int: ...
+    def append_raw(self, line: ReadableBuffer, /) -> None: ...
+    def add_window(self, buffer: WriteableBuffer, pos: int = ..., /) -> None: ...
+    def detach(self) -> tuple[int, bytes]: ...
+    def stop(self) -> None: ...
+
+def socket_methods(
+    socket_type: type, real: dict[str, Any], python: dict[str, Any], failed: Callable[..., None],
+    /,
+) -> dict[str, Any]: ...

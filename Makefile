@@ -15,10 +15,14 @@ all: test
 setup: venv
 
 # Debian packages: libpcap for scapy's BPF filters, tshark for pyshark and the
-# independent reading of captures. Installed non-interactively, only when missing.
+# independent reading of captures, a C compiler and Python's headers for the compiled
+# journal (tracesock/_journal.c). Installed non-interactively, only when missing.
 $(VENV)/.stamp-system:
 	@missing=""; for p in $(SYS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv python3-pip"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -28,7 +32,7 @@ $(VENV)/.stamp-system:
 
 system: $(VENV)/.stamp-system
 
-$(VENV)/.stamp-venv: pyproject.toml $(VENV)/.stamp-system
+$(VENV)/.stamp-venv: pyproject.toml tracesock/_journal.c $(VENV)/.stamp-system
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
@@ -47,10 +51,16 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The core's tests run twice: through the compiled journal (the default) and through
+# the Python path that stands in for it where it could not be built.
+CORE_TESTS := tests/test_sockets.py tests/test_concurrency.py tests/test_faults.py \
+	tests/test_stdlib.py tests/test_tracefile.py tests/test_journal.py
+
 test: venv
 	$(PY) -m ruff check tracesock tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+	TRACESOCK_PURE_PYTHON=1 $(PY) -m pytest -q $(CORE_TESTS)
 
 bench: venv
 	$(PY) bench/run.py

@@ -176,6 +176,9 @@ def _variants(script: str, args: list[str], tmp: str, *,
         "traced_payload": [py, "-m", "tracesock", "run", "-o", out + ".jsonl", script, *args],
         "traced_nopayload": [py, "-m", "tracesock", "run", "--no-payload", "-o",
                              out + ".jsonl", script, *args],
+        # The Python path alone, as where the compiled journal could not be built.
+        "traced_python": ["env", "TRACESOCK_PURE_PYTHON=1", py, "-m", "tracesock", "run",
+                          "-o", out + ".jsonl", script, *args],
     }
     if shutil.which("strace"):
         variants["strace"] = [*STRACE_NET, "-o", out + ".strace", py, script, *args]

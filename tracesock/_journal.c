@@ -23,6 +23,7 @@
 #include <Python.h>
 #include <pythread.h>
 #include <structmember.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -56,17 +57,38 @@ typedef struct {
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/* Two base64 characters for each 12 bits, filled in at import: one lookup and one
+ * 16-bit store per half of a 3-byte group (about twice the speed of one per character,
+ * which matters for bulk payloads). */
+static uint16_t B64_PAIRS[4096];
+
+static void b64_init(void)
+{
+    for (unsigned i = 0; i < 4096; i++) {
+        unsigned char pair[2] = {(unsigned char)B64[i >> 6], (unsigned char)B64[i & 63]};
+        memcpy(&B64_PAIRS[i], pair, 2);
+    }
+}
+
+static inline char *b64_group(char *out, const unsigned char *in)
+{
+    unsigned v = ((unsigned)in[0] << 16) | ((unsigned)in[1] << 8) | in[2];
+    memcpy(out, &B64_PAIRS[v >> 12], 2);
+    memcpy(out + 2, &B64_PAIRS[v & 0xFFF], 2);
+    return out + 4;
+}
+
 static char *b64_encode(char *out, const unsigned char *in, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        unsigned v = ((unsigned)in[i] << 16) | ((unsigned)in[i + 1] << 8) | in[i + 2];
-        out[0] = B64[v >> 18];
-        out[1] = B64[(v >> 12) & 63];
-        out[2] = B64[(v >> 6) & 63];
-        out[3] = B64[v & 63];
-        out += 4;
+    for (; i + 12 <= n; i += 12) {
+        out = b64_group(out, in + i);
+        out = b64_group(out, in + i + 3);
+        out = b64_group(out, in + i + 6);
+        out = b64_group(out, in + i + 9);
     }
+    for (; i + 3 <= n; i += 3)
+        out = b64_group(out, in + i);
     if (i < n) {
         unsigned v = (unsigned)in[i] << 16;
         if (i + 1 < n)
@@ -1104,6 +1126,7 @@ PyMODINIT_FUNC PyInit__journal(void)
 {
     if (PyType_Ready(&JournalType) < 0)
         return NULL;
+    b64_init();
     str_ts_rec = PyUnicode_InternFromString("_ts_rec");
     str_ts_id = PyUnicode_InternFromString("_ts_id");
     str_transfer = PyUnicode_InternFromString("transfer");

@@ -11,6 +11,12 @@ written. A process that died without ``close()`` leaves zero bytes after the las
 line; the reader treats them as the end of the trace and says the run was cut short.
 
 Files that cannot be mapped (a pipe, /dev/stdout) get a plain ``os.write`` per line.
+
+With the compiled journal (recorder.py, _journal.c), the sink only reserves and maps the
+windows (:meth:`MmapSink.hand_over`, :meth:`MmapSink.map_next`) and cuts the file at
+the end (:meth:`MmapSink.finish`); the journal copies the lines into them. It asks for
+the next window when the current one is half used, so a line waits in process memory
+only if a window could not be mapped in that time.
 """
 
 from __future__ import annotations

@@ -1124,6 +1124,11 @@ static struct PyModuleDef journal_module = {
 
 PyMODINIT_FUNC PyInit__journal(void)
 {
+#ifdef Py_GIL_DISABLED
+    /* Free-threaded CPython: the GIL is not there to serve as the lock. */
+    PyErr_SetString(PyExc_ImportError, "the compiled journal needs the GIL");
+    return NULL;
+#endif
     if (PyType_Ready(&JournalType) < 0)
         return NULL;
     b64_init();

@@ -459,3 +459,153 @@ def test_a_reader_merges_when_the_last_process_was_killed(
     assert [e.op for e in trace.events if e.pid == kid.pid] == \
         ["socket", "connect", "sendall"]
     assert not list(tmp_path.glob(".tracesock-children-*"))
+
+
+# -- replaying exec'd children --------------------------------------------------------------
+
+_FETCH = (  # what it sends comes from the environment: the command line stays the same
+    "import json, os, socket, sys\n"
+    "chunks = []\n"
+    "with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as c:\n"
+    "    c.sendall(os.environ.get('TS_WHO', 'subprocess').encode())\n"
+    "    while data := c.recv(100):\n"
+    "        chunks.append(data.hex())\n"
+    "with open(sys.argv[3], 'w') as f:\n"
+    "    json.dump(chunks, f)\n")
+
+
+def _mp_fetch(address: tuple[str, int], out: str) -> None:
+    chunks = []
+    with socket.create_connection(address) as c:
+        c.sendall(b"spawned")
+        while data := c.recv(100):
+            chunks.append(data.hex())
+    Path(out).write_text(json.dumps(chunks))
+
+
+def _family(address: tuple[str, int], folder: Path, *, spawn: bool = True) -> list[bytes]:
+    """A program with children: a subprocess running Python, a multiprocessing spawn
+    child (each writing the chunks it received to a file), then its own exchange."""
+    subprocess.run([sys.executable, "-c", _FETCH, *map(str, address), str(folder / "sub")],
+                   check=True)
+    if spawn:
+        p = multiprocessing.get_context("spawn").Process(
+            target=_mp_fetch, args=(address, str(folder / "spawn")))
+        p.start()
+        p.join()
+        assert p.exitcode == 0
+    chunks = []
+    with socket.create_connection(address) as c:
+        c.sendall(b"top")
+        while data := c.recv(100):
+            chunks.append(data)
+    return chunks
+
+
+class _Pieces(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        who = self.request.recv(100)
+        for piece in (b"alpha-", who + b"-", b"gamma"):
+            self.request.sendall(piece)
+            time.sleep(0.02)  # (so that the recording has several chunks; not asserted)
+
+
+@pytest.fixture
+def pieces_server() -> Iterator[tuple[str, int]]:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Pieces) as srv:
+        srv.daemon_threads = True
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True)
+        t.start()
+        yield srv.server_address[0], srv.server_address[1]
+        srv.shutdown()
+
+
+def _received(trace: Any, pid: int) -> list[str]:
+    """What the client connections of ``pid`` received (the fixture's server is traced
+    too: its accepted sockets are built through socket.socket)."""
+    clients = {c.sock for c in trace.connections.values() if c.role == "client"}
+    return [base64.b64decode(e.data_b64 or "").hex() for e in trace.events
+            if e.pid == pid and e.sock in clients and e.op == "recv" and e.nbytes]
+
+
+def _record_family(tmp_path: Path, address: tuple[str, int], **kw: bool) -> tuple[Path, Any]:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out), follow_children=True):
+        _family(address, tmp_path, **kw)
+    return out, load(str(out))
+
+
+def test_exec_children_replay_their_recorded_chunks(tmp_path: Path,
+                                                    pieces_server: tuple[str, int],
+                                                    free_port: int) -> None:
+    out, trace = _record_family(tmp_path, pieces_server)
+    processes = trace.header.extra["processes"]
+    sub = next(p["pid"] for p in processes if "-c" in p["argv"] and _FETCH in p["argv"])
+    spawned = next(p["pid"] for p in processes if "--multiprocessing-fork" in p["argv"])
+    recorded = {"sub": _received(trace, sub), "spawn": _received(trace, spawned)}
+    assert recorded["sub"] and recorded["spawn"]
+    top = [bytes.fromhex(c) for c in _received(trace, trace.header.pid or 0)]
+    for name in recorded:
+        (tmp_path / name).unlink()
+    # A port nobody listens on (loopback ports are not compared when matching): the
+    # children can only get their chunks from the recording.
+    with tracesock.replay(out, follow_children=True):
+        replayed_top = _family(("127.0.0.1", free_port), tmp_path)
+    assert replayed_top == top
+    for name, chunks in recorded.items():
+        assert json.loads((tmp_path / name).read_text()) == chunks, name
+
+
+def test_a_child_sending_other_bytes_fails_the_replay(tmp_path: Path,
+                                                      pieces_server: tuple[str, int],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = _record_family(tmp_path, pieces_server, spawn=False)
+    monkeypatch.setenv("TS_WHO", "subprocesz")
+    with pytest.raises(tracesock.ReplayError, match=r"(?s)in a child process.*subprocesz"), \
+            tracesock.replay(out, follow_children=True):
+        with pytest.raises(subprocess.CalledProcessError):  # the child failed...
+            _family(pieces_server, tmp_path, spawn=False)
+        # ...and the block, which went on, is told why when it ends.
+
+
+def test_a_child_that_matches_no_recorded_one_is_refused(tmp_path: Path,
+                                                         pieces_server: tuple[str, int]) -> None:
+    out, _ = _record_family(tmp_path, pieces_server, spawn=False)
+    with pytest.raises(tracesock.ReplayError, match="matches no recorded child"), \
+            tracesock.replay(out, follow_children=True):
+        other = subprocess.run([sys.executable, "-c", _FETCH, *map(str, pieces_server),
+                                str(tmp_path / "sub"), "extra"], capture_output=True, text=True)
+        # It never reached the server (which is up): its socket was refused.
+        assert other.returncode == 1 and "no recorded process for this child" in other.stderr
+        _family(pieces_server, tmp_path, spawn=False)
+
+
+def test_a_recorded_child_never_started_fails_the_replay(
+        tmp_path: Path, pieces_server: tuple[str, int]) -> None:
+    out, trace = _record_family(tmp_path, pieces_server, spawn=False)
+    top_chunks = [bytes.fromhex(c) for c in _received(trace, trace.header.pid or 0)]
+    with pytest.raises(tracesock.ReplayMismatch, match="no such Python child was started"), \
+            tracesock.replay(out, follow_children=True), \
+            socket.create_connection(pieces_server) as c:
+        c.sendall(b"top")
+        assert [c.recv(100) for _ in top_chunks] == top_chunks
+    # Without follow_children the program's own calls replay alone, children unchecked.
+    with tracesock.replay(out), socket.create_connection(pieces_server) as c:
+        c.sendall(b"top")
+        assert [c.recv(100) for _ in top_chunks] == top_chunks
+
+
+def test_replay_one_recorded_child_in_process(tmp_path: Path,
+                                              pieces_server: tuple[str, int]) -> None:
+    out, trace = _record_family(tmp_path, pieces_server, spawn=False)
+    sub = next(p["pid"] for p in trace.header.extra["processes"] if _FETCH in p["argv"])
+    with tracesock.replay(out, process=sub), socket.create_connection(pieces_server) as c:
+        c.sendall(b"subprocess")
+        got = []
+        while data := c.recv(100):
+            got.append(data.hex())
+    assert got == _received(trace, sub)
+    with pytest.raises(tracesock.ReplayError, match="no recorded process has pid 1 "), \
+            tracesock.replay(out, process=1):
+        pass

@@ -562,11 +562,12 @@ def test_a_child_sending_other_bytes_fails_the_replay(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     out, _ = _record_family(tmp_path, pieces_server, spawn=False)
     monkeypatch.setenv("TS_WHO", "subprocesz")
+    # The child fails (its exit status), and the block, which goes on, is told why when
+    # it ends.
     with pytest.raises(tracesock.ReplayError, match=r"(?s)in a child process.*subprocesz"), \
-            tracesock.replay(out, follow_children=True):
-        with pytest.raises(subprocess.CalledProcessError):  # the child failed...
-            _family(pieces_server, tmp_path, spawn=False)
-        # ...and the block, which went on, is told why when it ends.
+            tracesock.replay(out, follow_children=True), \
+            pytest.raises(subprocess.CalledProcessError):
+        _family(pieces_server, tmp_path, spawn=False)
 
 
 def test_a_child_that_matches_no_recorded_one_is_refused(tmp_path: Path,

@@ -13,8 +13,9 @@ The marker (or requesting the ``tracesock`` fixture) runs the test inside
 
 Paths are relative to the test file's directory; without one the recording is
 ``captures/<test module>/<test name>.jsonl`` there. Marker keywords ``check`` and
-``realtime`` go to ``replay()``, ``follow_children`` to both ``trace()`` and ``replay()``. While replaying, nothing reaches the network: a socket
-that matches no recorded one fails the test with a ReplayError naming what was asked
+``realtime`` go to ``replay()``, ``follow_children`` to both ``trace()`` and
+``replay()``. While replaying, nothing reaches the network: a socket that matches no
+recorded one fails the test with a ReplayError naming what was asked
 and what the recording holds. A recording made by a test that failed is deleted, so
 that the next run records again rather than replaying the failure.
 

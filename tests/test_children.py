@@ -11,7 +11,9 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -311,3 +313,300 @@ def test_cli_forked_child_that_exits_normally(tmp_path: Path) -> None:
     assert len(calls) == 4 and len({c["sock"] for c in calls}) == 2
     assert recs[-1]["type"] == "end" and recs[-1]["events"] == 4
     assert not list(tmp_path.glob(".tracesock-children-*"))
+
+
+# -- children that outlive the traced program ---------------------------------------------
+
+_WAITING_CHILD = (
+    "import os, socket, sys\n"
+    "c = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n"
+    "c.sendall(b'child %d' % os.getpid())\n"
+    "print('ready', flush=True)\n"
+    "c.recv(100)\n"  # blocks until the test answers
+    "c.close()\n")
+
+
+def _wait_for(condition: Any, what: str, deadline: float = 30.0) -> None:
+    """Poll ``condition()`` (at most ``deadline`` seconds, 600 tries)."""
+    end = time.monotonic() + deadline
+    for _ in range(600):
+        if condition():
+            return
+        if time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("start", ["before", "after"])
+def test_a_child_outliving_the_program_is_in_the_final_trace(tmp_path: Path,
+                                                             start: str) -> None:
+    """``before``: the child is running when the program exits; ``after``: it only starts
+    (through a shell waiting on a FIFO) once the program has exited and merged."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(30)
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import shlex, socket, subprocess, sys\n"
+        "host, port, start, fifo, code = sys.argv[1:]\n"
+        "cmd = [sys.executable, '-c', code, host, port]\n"
+        "if start == 'after':\n"
+        "    cmd = ['sh', '-c', 'read x < %s; exec %s' % (fifo, shlex.join(cmd))]\n"
+        "kid = subprocess.Popen(cmd, stdout=subprocess.PIPE if start == 'before' else\n"
+        "                       subprocess.DEVNULL, stderr=subprocess.DEVNULL,\n"
+        "                       start_new_session=True)\n"
+        "if start == 'before':\n"
+        "    assert kid.stdout.readline() == b'ready\\n'\n"
+        "with socket.create_connection((host, int(port))) as c:\n"
+        "    c.sendall(b'top')\n")
+    out = tmp_path / "t.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with srv:
+        run = subprocess.run([sys.executable, "-m", "tracesock", "run", "--follow-children",
+                              "-o", str(out), str(script), "127.0.0.1",
+                              str(srv.getsockname()[1]), start, str(fifo), _WAITING_CHILD],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert run.returncode == 0, run.stderr
+        first, _ = srv.accept()
+        if start == "before":  # the child connected first
+            kid, _ = srv.accept()
+            kid, first = first, kid
+        assert first.recv(100) == b"top"
+        first.close()
+        if start == "after":
+            assert [c["op"] for c in lines(out) if c["type"] == "call"] == \
+                ["socket", "connect", "sendall", "close"]  # merged, the child not started
+            assert not list(tmp_path.glob(".tracesock-children-*"))
+            with open(fifo, "w") as f:
+                f.write("go\n")
+            kid, _ = srv.accept()
+        with kid:
+            hello = kid.recv(100)
+            pid = int(hello.split()[1])
+            # Still running: a reader says so rather than showing a partial trace.
+            trace = load(str(out))
+            assert any("still being written" in w and str(pid) in w for w in trace.warnings)
+            kid.sendall(b"bye")
+            assert kid.recv(100) == b""
+    _wait_for(lambda: not list(tmp_path.glob(".tracesock-children-*")), "the last merge")
+    trace = load(str(out))
+    assert not trace.warnings
+    mine = [e for e in trace.events if e.pid == pid]
+    assert [e.op for e in mine] == ["socket", "connect", "sendall", "recv", "close"]
+    assert base64.b64decode(mine[3].data_b64 or "") == b"bye"
+    assert len({e.sock for e in trace.events}) == 2
+    assert [e.seq for e in trace.events] == list(range(1, len(trace.events) + 1))
+    assert [p["pid"] for p in trace.header.extra["processes"]][-1] == pid
+
+
+def _start_waiting_child(address: tuple[str, int]) -> subprocess.Popen[bytes]:
+    kid = subprocess.Popen([sys.executable, "-c", _WAITING_CHILD, *map(str, address)],
+                           stdout=subprocess.PIPE)
+    assert kid.stdout is not None and kid.stdout.readline() == b"ready\n"
+    return kid
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, int]]:
+    """A listener on 127.0.0.1 that never answers (connections wait in its backlog)."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        yield srv.getsockname()[:2]
+
+
+def test_a_sigkilled_child_does_not_block_the_merge(tmp_path: Path,
+                                                    silent_server: tuple[str, int]) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out), follow_children=True):
+        kid = _start_waiting_child(silent_server)
+        kid.kill()
+        # Dead but not reaped (a zombie): registered, and never finishing its file.
+        os.waitid(os.P_PID, kid.pid, os.WEXITED | os.WNOWAIT)
+    try:
+        assert not list(tmp_path.glob(".tracesock-children-*"))
+        recs = lines(out)
+        entry = next(p for p in recs[0]["processes"] if p["pid"] == kid.pid)
+        assert entry["complete"] is False and entry["events"] == 3  # (killed in recv)
+        ops = [c["op"] for c in recs if c["type"] == "call" and c["pid"] == kid.pid]
+        assert ops == ["socket", "connect", "sendall"]
+    finally:
+        kid.wait()
+        assert kid.stdout is not None
+        kid.stdout.close()
+
+
+def test_a_reader_merges_when_the_last_process_was_killed(
+        tmp_path: Path, silent_server: tuple[str, int]) -> None:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out), follow_children=True):
+        kid = _start_waiting_child(silent_server)
+    try:
+        # The program's block ended with the child still running: what has finished is
+        # merged, the reader is told the rest is coming.
+        trace = load(str(out))
+        assert kid.pid not in {e.pid for e in trace.events}
+        assert any("still being written" in w and str(kid.pid) in w for w in trace.warnings)
+        assert list(tmp_path.glob(".tracesock-children-*"))
+    finally:
+        kid.kill()
+        kid.wait()
+        assert kid.stdout is not None
+        kid.stdout.close()
+    # Nobody is left to merge: the next reader does it.
+    trace = load(str(out))
+    assert not trace.warnings
+    assert [e.op for e in trace.events if e.pid == kid.pid] == \
+        ["socket", "connect", "sendall"]
+    assert not list(tmp_path.glob(".tracesock-children-*"))
+
+
+# -- replaying exec'd children --------------------------------------------------------------
+
+_FETCH = (  # what it sends comes from the environment: the command line stays the same
+    "import json, os, socket, sys\n"
+    "chunks = []\n"
+    "with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as c:\n"
+    "    c.sendall(os.environ.get('TS_WHO', 'subprocess').encode())\n"
+    "    while data := c.recv(100):\n"
+    "        chunks.append(data.hex())\n"
+    "with open(sys.argv[3], 'w') as f:\n"
+    "    json.dump(chunks, f)\n")
+
+
+def _mp_fetch(address: tuple[str, int], out: str) -> None:
+    chunks = []
+    with socket.create_connection(address) as c:
+        c.sendall(b"spawned")
+        while data := c.recv(100):
+            chunks.append(data.hex())
+    Path(out).write_text(json.dumps(chunks))
+
+
+def _family(address: tuple[str, int], folder: Path, *, spawn: bool = True) -> list[bytes]:
+    """A program with children: a subprocess running Python, a multiprocessing spawn
+    child (each writing the chunks it received to a file), then its own exchange."""
+    subprocess.run([sys.executable, "-c", _FETCH, *map(str, address), str(folder / "sub")],
+                   check=True)
+    if spawn:
+        p = multiprocessing.get_context("spawn").Process(
+            target=_mp_fetch, args=(address, str(folder / "spawn")))
+        p.start()
+        p.join()
+        assert p.exitcode == 0
+    chunks = []
+    with socket.create_connection(address) as c:
+        c.sendall(b"top")
+        while data := c.recv(100):
+            chunks.append(data)
+    return chunks
+
+
+class _Pieces(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        who = self.request.recv(100)
+        for piece in (b"alpha-", who + b"-", b"gamma"):
+            self.request.sendall(piece)
+            time.sleep(0.02)  # (so that the recording has several chunks; not asserted)
+
+
+@pytest.fixture
+def pieces_server() -> Iterator[tuple[str, int]]:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Pieces) as srv:
+        srv.daemon_threads = True
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True)
+        t.start()
+        yield srv.server_address[0], srv.server_address[1]
+        srv.shutdown()
+
+
+def _received(trace: Any, pid: int) -> list[str]:
+    """What the client connections of ``pid`` received (the fixture's server is traced
+    too: its accepted sockets are built through socket.socket)."""
+    clients = {c.sock for c in trace.connections.values() if c.role == "client"}
+    return [base64.b64decode(e.data_b64 or "").hex() for e in trace.events
+            if e.pid == pid and e.sock in clients and e.op == "recv" and e.nbytes]
+
+
+def _record_family(tmp_path: Path, address: tuple[str, int], **kw: bool) -> tuple[Path, Any]:
+    out = tmp_path / "t.jsonl"
+    with tracesock.trace(str(out), follow_children=True):
+        _family(address, tmp_path, **kw)
+    return out, load(str(out))
+
+
+def test_exec_children_replay_their_recorded_chunks(tmp_path: Path,
+                                                    pieces_server: tuple[str, int],
+                                                    free_port: int) -> None:
+    out, trace = _record_family(tmp_path, pieces_server)
+    processes = trace.header.extra["processes"]
+    sub = next(p["pid"] for p in processes if "-c" in p["argv"] and _FETCH in p["argv"])
+    spawned = next(p["pid"] for p in processes if "--multiprocessing-fork" in p["argv"])
+    recorded = {"sub": _received(trace, sub), "spawn": _received(trace, spawned)}
+    assert recorded["sub"] and recorded["spawn"]
+    top = [bytes.fromhex(c) for c in _received(trace, trace.header.pid or 0)]
+    for name in recorded:
+        (tmp_path / name).unlink()
+    # A port nobody listens on (loopback ports are not compared when matching): the
+    # children can only get their chunks from the recording.
+    with tracesock.replay(out, follow_children=True):
+        replayed_top = _family(("127.0.0.1", free_port), tmp_path)
+    assert replayed_top == top
+    for name, chunks in recorded.items():
+        assert json.loads((tmp_path / name).read_text()) == chunks, name
+
+
+def test_a_child_sending_other_bytes_fails_the_replay(tmp_path: Path,
+                                                      pieces_server: tuple[str, int],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = _record_family(tmp_path, pieces_server, spawn=False)
+    monkeypatch.setenv("TS_WHO", "subprocesz")
+    # The child fails (its exit status), and the block, which goes on, is told why when
+    # it ends.
+    with pytest.raises(tracesock.ReplayError, match=r"(?s)in a child process.*subprocesz"), \
+            tracesock.replay(out, follow_children=True), \
+            pytest.raises(subprocess.CalledProcessError):
+        _family(pieces_server, tmp_path, spawn=False)
+
+
+def test_a_child_that_matches_no_recorded_one_is_refused(tmp_path: Path,
+                                                         pieces_server: tuple[str, int]) -> None:
+    out, _ = _record_family(tmp_path, pieces_server, spawn=False)
+    with pytest.raises(tracesock.ReplayError, match="matches no recorded child"), \
+            tracesock.replay(out, follow_children=True):
+        other = subprocess.run([sys.executable, "-c", _FETCH, *map(str, pieces_server),
+                                str(tmp_path / "sub"), "extra"], capture_output=True, text=True)
+        # It never reached the server (which is up): its socket was refused.
+        assert other.returncode == 1 and "no recorded process for this child" in other.stderr
+        _family(pieces_server, tmp_path, spawn=False)
+
+
+def test_a_recorded_child_never_started_fails_the_replay(
+        tmp_path: Path, pieces_server: tuple[str, int]) -> None:
+    out, trace = _record_family(tmp_path, pieces_server, spawn=False)
+    top_chunks = [bytes.fromhex(c) for c in _received(trace, trace.header.pid or 0)]
+    with pytest.raises(tracesock.ReplayMismatch, match="no such Python child was started"), \
+            tracesock.replay(out, follow_children=True), \
+            socket.create_connection(pieces_server) as c:
+        c.sendall(b"top")
+        assert [c.recv(100) for _ in top_chunks] == top_chunks
+    # Without follow_children the program's own calls replay alone, children unchecked.
+    with tracesock.replay(out), socket.create_connection(pieces_server) as c:
+        c.sendall(b"top")
+        assert [c.recv(100) for _ in top_chunks] == top_chunks
+
+
+def test_replay_one_recorded_child_in_process(tmp_path: Path,
+                                              pieces_server: tuple[str, int]) -> None:
+    out, trace = _record_family(tmp_path, pieces_server, spawn=False)
+    sub = next(p["pid"] for p in trace.header.extra["processes"] if _FETCH in p["argv"])
+    with tracesock.replay(out, process=sub), socket.create_connection(pieces_server) as c:
+        c.sendall(b"subprocess")
+        got = []
+        while data := c.recv(100):
+            got.append(data.hex())
+    assert got == _received(trace, sub)
+    with pytest.raises(tracesock.ReplayError, match="no recorded process has pid 1 "), \
+            tracesock.replay(out, process=1):
+        pass

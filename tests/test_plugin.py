@@ -171,3 +171,37 @@ def test_plugin_imports_cheaply(pytester: pytest.Pytester) -> None:
     path = Path(pytester.path) / "check_import.py"
     path.write_text(code)
     assert pytester.runpython(path).ret == 0
+
+
+CHILD_FETCH = FETCH.replace('''@pytest.mark.tracesock("captures/fetch.jsonl")
+def test_fetch(tracesock):''', '''CHILD = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"hi")
+chunks = []
+while data := s.recv(100):
+    chunks.append(data)
+print(chunks)
+"""
+
+
+def fetch(port):  # in a Python child process
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-c", CHILD, str(port)], capture_output=True,
+                         text=True, check=True).stdout
+    return eval(out)
+
+
+@pytest.mark.tracesock("captures/child.jsonl", follow_children=True)
+def test_fetch(tracesock):''')
+
+
+def test_marker_follow_children_records_and_replays_a_child(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\naddopts = --strict-markers\nfilterwarnings = error\n")
+    pytester.makepyfile(test_child=CHILD_FETCH)
+    first = run(pytester)
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["*MODE record*"])
+    again = run(pytester, "--tracesock-mode=none")  # the child replays: nothing listens
+    again.assert_outcomes(passed=1)
+    again.stdout.fnmatch_lines(["*MODE replay*"])

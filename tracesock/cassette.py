@@ -574,15 +574,27 @@ class Cassette:
         self.pid = reader.header.pid if reader is not None else None  # the top process
 
     @classmethod
-    def open(cls, path: str, **options: Any) -> Cassette:
-        """Open a trace file for replay (TraceFormatError/ReplayError on bad input)."""
+    def open(cls, path: str, *, process: int | None = None, **options: Any) -> Cassette:
+        """Open a trace file for replay (TraceFormatError/ReplayError on bad input).
+
+        In a trace that followed child processes, only the records of ``process``
+        (default: the top one) and of its forked children are replayed (children.py)."""
+        from .children import only_process
+
         reader = _BatchReader(path)
         if not reader.header.payload:
             reader.close()
             raise ReplayError(f"{path}: recorded with payload=False: the trace holds sizes "
                               "but not bytes, so it cannot be replayed; record it again "
                               "with payloads (the default)")
-        return cls(reader.batches(), path=path, reader=reader, **options)
+        try:
+            batches, pid = only_process(path, reader.header, reader.batches(), process)
+        except BaseException:
+            reader.close()
+            raise
+        cas = cls(batches, path=path, reader=reader, **options)
+        cas.pid = pid
+        return cas
 
     @classmethod
     def from_events(cls, evs: Iterable[CallEvent], *, path: str = "<events>",

@@ -13,8 +13,9 @@ The marker (or requesting the ``tracesock`` fixture) runs the test inside
 
 Paths are relative to the test file's directory; without one the recording is
 ``captures/<test module>/<test name>.jsonl`` there. Marker keywords ``check`` and
-``realtime`` go to ``replay()``. While replaying, nothing reaches the network: a socket
-that matches no recorded one fails the test with a ReplayError naming what was asked
+``realtime`` go to ``replay()``, ``follow_children`` to both ``trace()`` and
+``replay()``. While replaying, nothing reaches the network: a socket that matches no
+recorded one fails the test with a ReplayError naming what was asked
 and what the recording holds. A recording made by a test that failed is deleted, so
 that the next run records again rather than replaying the failure.
 
@@ -39,9 +40,10 @@ if TYPE_CHECKING:
 
 MODES = ("once", "none", "all")
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
-_MARKER = ("tracesock(path=None, *, check='concat', realtime=False): record this test's "
-           "sockets into the JSONL trace at path (relative to the test file) or replay them "
-           "from it, as --tracesock-mode says")
+_MARKER = ("tracesock(path=None, *, check='concat', realtime=False, follow_children=False): "
+           "record this test's sockets into the JSONL trace at path (relative to the test "
+           "file) or replay them from it, as --tracesock-mode says; with follow_children, "
+           "those of the Python child processes too")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -99,16 +101,16 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
     args: tuple[Any, ...] = marker.args if marker else ()
     options = dict(marker.kwargs) if marker else {}
     path = _recording_path(request, args[0] if args else options.pop("path", None))
-    unknown = set(options) - {"check", "realtime"}
+    unknown = set(options) - {"check", "realtime", "follow_children"}
     if unknown:
         pytest.fail(f"tracesock marker: unknown keyword(s) {', '.join(sorted(unknown))} "
-                    "(known: path, check, realtime)", pytrace=False)
+                    "(known: path, check, realtime, follow_children)", pytrace=False)
     mode = request.config.getoption("tracesock_mode") or request.config.getini("tracesock_mode")
     if mode not in MODES:
         pytest.fail(f"tracesock_mode must be one of {', '.join(MODES)}, not {mode!r}",
                     pytrace=False)
     if mode == "all" or (mode == "once" and not path.exists()):
-        yield from _record(request, path)
+        yield from _record(request, path, bool(options.get("follow_children")))
         return
     if not path.exists():
         pytest.fail(f"tracesock: no recording at {path}; --tracesock-mode=none only replays: "
@@ -124,11 +126,13 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
         pytest.fail(f"tracesock replay of {path}: {exc}", pytrace=False)
 
 
-def _record(request: pytest.FixtureRequest, path: Path) -> Iterator[TracesockRun]:
+def _record(request: pytest.FixtureRequest, path: Path,
+            follow_children: bool) -> Iterator[TracesockRun]:
     from .tracing import trace
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with trace(str(path), argv=[request.node.nodeid]) as tracing:
+    with trace(str(path), argv=[request.node.nodeid],
+               follow_children=follow_children) as tracing:
         yield TracesockRun("record", path, tracing=tracing)
     if _failed(request):
         path.unlink(missing_ok=True)  # never replay a failed run: record again next time

@@ -26,10 +26,11 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, NoReturn
 
 from .cassette import Cassette, Record, Stream, recorded_error
+from .children import ReplayingChildren
 from .errors import ReplayError, TracesockError, UsageError
 from .events import decode_addr
 from .patching import socket_class_replaced
@@ -477,6 +478,8 @@ def replay(
     realtime: bool | float = False,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    follow_children: bool = False,
+    process: int | None = None,
 ) -> Iterator[Replay]:
     """Run the block against the recording at ``path``, with no network.
 
@@ -487,17 +490,37 @@ def replay(
     ``"off"`` nothing. ``realtime=True`` (or a speed factor) sleeps the recorded gaps
     on ``clock``/``sleep``. At the end, errors the code caught and recorded bytes it
     never sent raise ReplayError/ReplayMismatch.
+
+    A trace that followed child processes replays the calls of its top process (and
+    of the children it forked); ``process=PID`` replays those of recorded process PID
+    instead. ``follow_children=True`` makes the Python children the block starts with
+    exec (``subprocess``, ``multiprocessing`` spawn) replay theirs too, each matched to
+    a recorded child (children.py); what went wrong in them is raised at the end.
     """
     name = os.fspath(path)
-    cas = Cassette.open(name, check=check, speed=_speed(realtime), clock=clock, sleep=sleep)
+    speed = _speed(realtime)
+    cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
+                        sleep=sleep)
     cls = ReplaySocket.bound_to(cas, stand_in=True)
+    kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \
+        if follow_children else None
     try:
-        with socket_class_replaced(cls, getaddrinfo=_Resolver(cas, socket.getaddrinfo)):
+        with socket_class_replaced(cls, getaddrinfo=_Resolver(cas, socket.getaddrinfo)), \
+                (kids.environment() if kids is not None else nullcontext()):
             yield Replay(name, cas, cls)
     except BaseException:
         cas.close()
+        if kids is not None:
+            kids.close()
         raise
-    cas.finish()
+    try:
+        cas.finish()
+    except BaseException:
+        if kids is not None:
+            kids.close()
+        raise
+    if kids is not None:
+        kids.finish()
 
 
 __all__ = ["Replay", "ReplaySocket", "replay"]

@@ -3,7 +3,9 @@
 The reader is strict where a mistake would mislead (a malformed line in the middle, an
 unknown format version: errors naming file and line) and forgiving where the traced
 process simply died (a truncated last line, or the zero padding a killed writer leaves
-after its last line: warnings, the rest is kept).
+after its last line: warnings, the rest is kept). A trace that followed child processes
+and is not merged yet is merged when they all ended, or read with a warning saying it
+is still being written (children.py).
 """
 
 from __future__ import annotations
@@ -237,9 +239,24 @@ class TraceReader:
                                    f"{exc.strerror or exc}") from None
         try:
             self.header = self._read_header()
+            if self.header.extra.get("children"):
+                self._settle(str(self.header.extra["children"]))
         except BaseException:
             self._file.close()
             raise
+
+    def _settle(self, name: str) -> None:
+        # A trace that followed child processes: merge the calls of those that ended
+        # since (the last one out may have been killed), or say the trace is not whole.
+        from .children import settle
+
+        merged, note = settle(self.path, name)
+        if note is not None:
+            self.warnings.append(note)
+        if merged:  # the file was replaced: read the merged one
+            self._file.close()
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            self.header = self._read_header()
 
     def _read_header(self) -> TraceHeader:
         first = self._file.readline()

@@ -60,8 +60,9 @@ def trace(
     the NSS key log format, so that a capture of them can be decrypted.
 
     ``follow_children=True`` traces the Python child processes the block starts (fork,
-    ``subprocess``, ``multiprocessing``) too, merged into ``path`` at the end with a
-    ``pid`` on every call (children.py).
+    ``subprocess``, ``multiprocessing``) too, merged into ``path`` with a ``pid`` on every
+    call: at the end of the block what has finished, the rest when the last traced
+    process exits (children.py).
     """
     warn = recorder_options.get("warn", stderr_warn)
     session: CaptureSession | None = None
@@ -71,12 +72,16 @@ def trace(
     follow: Following | None = None
     try:
         if follow_children:
-            follow = Following(path, {"payload": payload, "max_payload": max_payload,
-                                      "redact": list(redact), "keylog": keylog})
+            follow = Following.create(path, {"payload": payload, "max_payload": max_payload,
+                                             "redact": list(redact), "keylog": keylog})
             recorder_options["fork_sink"] = follow.fork_sink
+            recorder_options["header"] = {**recorder_options.get("header", {}),
+                                          **follow.header}
         recorder = Recorder.open(path, payload=payload, max_payload=max_payload,
                                  redact=redact, argv=argv, **recorder_options)
     except BaseException:
+        if follow is not None:
+            follow.abandon()
         if session is not None:
             session.abort()
         raise
@@ -92,7 +97,7 @@ def trace(
     finally:
         recorder.close()
         if follow is not None:
-            follow.merge()
+            follow.leave()  # the last traced process to finish merges (children.py)
         if session is not None:
             # A failing stop() must not hide the block's own exception: warn instead.
             _stop_capture(session, path, required=capture_required and not body_failed,

@@ -1,9 +1,11 @@
-"""Imported by Python at start-up in children of a followed trace (on PYTHONPATH).
+"""Imported by Python at start-up in children of a followed trace or of a replay that
+follows children (on PYTHONPATH).
 
-Starts tracing this process (tracesock.children.start_in_child) when it is the same
-Python version as the tracer, then imports the program's own ``sitecustomize``, if one
-is further along the path. tracesock's folder is on sys.path only while it is imported:
-the program's own imports see the path it would have had.
+Starts tracing this process (tracesock.children.start_in_child) or replaying it
+(start_replay_in_child) when it is the same Python version as the parent, then imports
+the program's own ``sitecustomize``, if one is further along the path. tracesock's
+folder is on sys.path only while it is imported: the program's own imports see the
+path it would have had.
 """
 
 import json
@@ -11,16 +13,20 @@ import os
 import sys
 
 
-def _start() -> None:
-    config = json.loads(os.environ["TRACESOCK_FOLLOW"])
+def _start(variable: str, function: str) -> None:
+    config = json.loads(os.environ[variable])
     if list(sys.version_info[:2]) != config["python"]:
-        return  # another Python: run it untraced
+        if variable == "TRACESOCK_REPLAY":
+            sys.stderr.write(f"tracesock: warning: child process {os.getpid()} is not "
+                             f"replayed (Python {sys.version_info[0]}.{sys.version_info[1]}, "
+                             "not the replaying Python's version)\n")
+        return  # another Python: run it as it is
     sys.path.insert(0, config["root"])
     try:
-        from tracesock.children import start_in_child
+        from tracesock import children
     finally:
         sys.path.remove(config["root"])
-    start_in_child()
+    getattr(children, function)()
 
 
 def _chain() -> None:
@@ -41,10 +47,12 @@ def _chain() -> None:
             sys.modules["sitecustomize"] = module
 
 
-if os.environ.get("TRACESOCK_FOLLOW"):
-    try:
-        _start()
-    except Exception as exc:  # never stop the child: say so and run it untraced
-        sys.stderr.write(f"tracesock: warning: cannot trace child process {os.getpid()} "
-                         f"({exc})\n")
+for _variable, _function, _what in (("TRACESOCK_FOLLOW", "start_in_child", "trace"),
+                                    ("TRACESOCK_REPLAY", "start_replay_in_child", "replay")):
+    if os.environ.get(_variable):
+        try:
+            _start(_variable, _function)
+        except Exception as exc:  # never stop the child: say so and run it as it is
+            sys.stderr.write(f"tracesock: warning: cannot {_what} child process "
+                             f"{os.getpid()} ({exc})\n")
 _chain()

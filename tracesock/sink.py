@@ -21,7 +21,6 @@ only if a window could not be mapped in that time.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import mmap
 import os
@@ -51,7 +50,8 @@ _MAX_STEP = 32 << 20  # windows double up to this size
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # MAP_POPULATE maps a shared file's pages read-only, so the first store to each page still
 # faults (about 1 us, once per 4 KiB). madvise(MADV_POPULATE_WRITE) (Linux 5.14) maps them
-# writable up front, in one call; where it is unknown the pages fault in as before.
+# writable up front, in one pass (with MAP_POPULATE too it would be two); an older kernel
+# gets MAP_POPULATE alone.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
@@ -104,9 +104,12 @@ class MmapSink:
                 if exc.errno != errno.ENOSPC or size <= _MIN_WINDOW:
                     raise
                 size //= 2
-        window = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED | _POPULATE, offset=start)
-        with contextlib.suppress(OSError, ValueError):  # an older kernel: fault them in
+        window = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED, offset=start)
+        try:
             window.madvise(_MADV_POPULATE_WRITE)
+        except (OSError, ValueError):  # an older kernel: MAP_POPULATE's read-only mapping
+            window.close()
+            window = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED | _POPULATE, offset=start)
         if self._window is not None:
             self._window.close()
         self._window = window

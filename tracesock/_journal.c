@@ -782,6 +782,28 @@ static PyObject *call_real(int op, PyObject *self, PyObject *const *args, Py_ssi
     return PyObject_Vectorcall(real_methods[op], stack, (size_t)(nargs + 1), NULL);
 }
 
+/* What every traced method shares: find the journal (or leave the whole call to the
+ * Python method), time the real call, record it if it raised. On return *jp holds the
+ * journal (a new reference) when the caller is to record the result; when it is NULL,
+ * the result (or NULL for an exception) is the caller's to return as it is. */
+static PyObject *timed_call(int op, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kw, Journal **jp, long long *sock, double *start)
+{
+    *jp = NULL;
+    Journal *j = journal_of(self, sock);
+    if (j == NULL)
+        return python_method(op, self, args, nargs, kw);
+    *start = now_seconds();
+    PyObject *result = call_real(op, self, args, nargs);
+    if (result == NULL) {
+        record_failure(j, op, *sock, *start, self, args, nargs);
+        Py_DECREF(j);
+        return NULL;
+    }
+    *jp = j;
+    return result;
+}
+
 static int small_int(PyObject *o, long long *out)
 {
     int overflow = 0;
@@ -796,18 +818,13 @@ static PyObject *traced_send_common(int op, PyObject *self, PyObject *const *arg
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
     long long sock, flags = 0;
+    double start;
+    Journal *j;
     if (kwnames != NULL || nargs < 1 || nargs > 2 || (nargs == 2 && !small_int(args[1], &flags)))
         return python_method(op, self, args, nargs, kwnames);
-    Journal *j = journal_of(self, &sock);
+    PyObject *result = timed_call(op, self, args, nargs, kwnames, &j, &sock, &start);
     if (j == NULL)
-        return python_method(op, self, args, nargs, kwnames);
-    double start = now_seconds();
-    PyObject *result = call_real(op, self, args, nargs);
-    if (result == NULL) {
-        record_failure(j, op, sock, start, self, args, nargs);
-        Py_DECREF(j);
-        return NULL;
-    }
+        return result;
     long long nbytes;
     if (op == OP_SEND) {
         if (!small_int(result, &nbytes))
@@ -877,19 +894,14 @@ static PyObject *traced_sendall(PyObject *self, PyObject *const *args, Py_ssize_
 static PyObject *traced_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     long long sock, bufsize, flags = 0;
+    double start;
+    Journal *j;
     if (kw != NULL || nargs < 1 || nargs > 2 || !small_int(args[0], &bufsize) ||
         (nargs == 2 && !small_int(args[1], &flags)))
         return python_method(OP_RECV, self, args, nargs, kw);
-    Journal *j = journal_of(self, &sock);
+    PyObject *result = timed_call(OP_RECV, self, args, nargs, kw, &j, &sock, &start);
     if (j == NULL)
-        return python_method(OP_RECV, self, args, nargs, kw);
-    double start = now_seconds();
-    PyObject *result = call_real(OP_RECV, self, args, nargs);
-    if (result == NULL) {
-        record_failure(j, OP_RECV, sock, start, self, args, nargs);
-        Py_DECREF(j);
-        return NULL;
-    }
+        return result;
     Arg kv[2] = {{"bufsize", 7, bufsize}, {"flags", 5, flags}};
     long long n = PyBytes_Check(result) ? PyBytes_GET_SIZE(result) : 0;
     record_success(j, OP_RECV, sock, start, n, result, kv, flags ? 2 : 1);
@@ -902,30 +914,24 @@ static PyObject *traced_recv_into(PyObject *self, PyObject *const *args, Py_ssiz
                                   PyObject *kw)
 {
     long long sock, want = 0, flags = 0;
+    double start;
+    Journal *j;
     if (kw != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !small_int(args[1], &want)) ||
         (nargs == 3 && !small_int(args[2], &flags)))
-        return python_method(OP_RECV_INTO, self, args, nargs, kw);
-    Journal *j = journal_of(self, &sock);
-    if (j == NULL)
         return python_method(OP_RECV_INTO, self, args, nargs, kw);
     long long bufsize = want;
     if (!bufsize) {
         Py_buffer b;
         if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) {
             PyErr_Clear();
-            Py_DECREF(j);
             return python_method(OP_RECV_INTO, self, args, nargs, kw);
         }
         bufsize = b.len;
         PyBuffer_Release(&b);
     }
-    double start = now_seconds();
-    PyObject *result = call_real(OP_RECV_INTO, self, args, nargs);
-    if (result == NULL) {
-        record_failure(j, OP_RECV_INTO, sock, start, self, args, nargs);
-        Py_DECREF(j);
-        return NULL;
-    }
+    PyObject *result = timed_call(OP_RECV_INTO, self, args, nargs, kw, &j, &sock, &start);
+    if (j == NULL)
+        return result;
     long long n = 0;
     if (!small_int(result, &n))
         n = 0;

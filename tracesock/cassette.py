@@ -191,6 +191,21 @@ class Stream:
         lock = cas.lock  # acquire/release: half the cost of a with statement
         lock.acquire()
         try:
+            q = self.recvq
+            if q and self.chunk is None and not (peek or dgram or self.done):
+                # The common case first: a whole decoded chunk that bufsize takes.
+                sent_before, chunk, rec = q[0]
+                if chunk and len(chunk) <= bufsize and not (nonblocking and
+                                                            sent_before > self.sent):
+                    q.popleft()
+                    self.last = rec
+                    self.recvs += 1
+                    if q:
+                        if (q[0][0] <= self.sent) is not self.ready:
+                            self._update()
+                    else:
+                        self._update()
+                    return chunk
             if self.done:
                 raise OSError(9, os.strerror(9))
             chunk = self.chunk

@@ -539,6 +539,21 @@ class _BatchReader(TraceReader):
         return out
 
 
+def _hot_keys(batch: list[Any]) -> tuple[str, str, str, str, str]:
+    """The key names the filing loop looks up, as the very str objects the records use.
+
+    orjson hands out one str object per key name (its key cache) rather than our
+    literals; a dict lookup with the identical object skips a string compare: ~5 ns a
+    lookup, 30 ns an event. Only speed depends on it: an equal str finds the same entry.
+    """
+    same: dict[str, str] = {}
+    for rec in batch[:1] + batch[-1:]:
+        if isinstance(rec, dict):
+            same.update((k, k) for k in rec if type(k) is str)
+    return (same.get("type", "type"), same.get("seq", "seq"), same.get("sock", "sock"),
+            same.get("op", "op"), same.get("data", "data"))
+
+
 def record_of(ev: CallEvent) -> Record:
     """A CallEvent back in the record form the replay works on."""
     rec: Record = {"type": "call", "seq": ev.seq, "t": ev.t, "dur": ev.dur, "sock": ev.sock,
@@ -652,25 +667,26 @@ class Cassette:
         streams = self.streams
         last = self._last_seq
         finishing = self._finishing
+        k_type, k_seq, k_sock, k_op, k_data = _hot_keys(batch)
         # Records come in runs on one socket: its Stream is looked up once per run.
         sid_now: Any = _NO_SID
         st = None
         for rec in batch:
-            if rec["type"] != "call":
-                if rec["type"] == "end" and self._reader is not None:
+            if rec[k_type] != "call":
+                if rec[k_type] == "end" and self._reader is not None:
                     self._reader.end = rec
                 continue
-            seq = rec["seq"]
+            seq = rec[k_seq]
             if seq <= last:
                 raise TypeError("seq")
             last = seq
-            sid = rec["sock"]
+            sid = rec[k_sock]
             if st is None or sid != sid_now:
                 st = streams.get(sid)
                 if st is None:
                     st = streams[sid] = Stream(self, sid)
                 sid_now = sid
-            op = rec["op"]
+            op = rec[k_op]
             if op in RECV_OPS:
                 if st.done or finishing:
                     continue
@@ -686,7 +702,7 @@ class Cassette:
                     chunk = None
                 else:
                     try:
-                        chunk = _a2b(rec["data"])
+                        chunk = _a2b(rec[k_data])
                     except (KeyError, ValueError, TypeError):
                         chunk = None
                 st.recvq.append((st.rec_sent, chunk, rec))

@@ -540,6 +540,16 @@ def test_replay_socket_from_a_loaded_connection(
     s.close()
 
 
+def test_recv_after_close_fails_as_on_a_closed_socket() -> None:
+    # Recorded chunks are still queued: close() must drop them, not let recv hand them out.
+    s = ReplaySocket.from_chunks([b"ab", b"cd", b"ef"])
+    assert s.recv(10) == b"ab"
+    s.close()
+    with pytest.raises(OSError) as exc:
+        s.recv(10)
+    assert exc.value.errno == errno.EBADF
+
+
 def test_short_send_is_reproduced(tmp_path: Path) -> None:
     path = tmp_path / "short.jsonl"
     with Recorder.open(str(path)) as rec:  # the real recorder, fed the facts of a short send

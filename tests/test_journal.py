@@ -118,18 +118,21 @@ def test_what_the_journal_does_not_take_goes_to_the_python_path_unwritten() -> N
 
 
 @needs_compiled
-def test_a_journal_that_was_stopped_writes_nothing_more() -> None:
+def test_a_stopped_journal_hands_every_transfer_to_the_python_path() -> None:
     windows = Windows(4096)
     slow: list[tuple[Any, ...]] = []
     journal = _journal(windows, slow=lambda *a: slow.append(a))
     journal.transfer(1, "send", 100.5, 2, b"hi", {})
-    journal.stop()
+    journal.stop()  # what Recorder.close does first, so the end record counts right
     journal.transfer(1, "send", 100.6, 2, b"hi", {})
+    assert journal.append_call(orjson.dumps({"type": "call", "seq": 0, "op": "x"})
+                               + b"\n") == 2
+    written, waiting = journal.detach()
     with pytest.raises(ValueError, match="closed"):
         journal.append_raw(b"{}\n")
-    written, waiting = journal.detach()
-    line = orjson.loads(windows.file(written, waiting))
-    assert line["seq"] == 1 and line["t"] == 0.5 and len(slow) == 1
+    lines = [orjson.loads(x) for x in windows.file(written, waiting).splitlines()]
+    assert [x["seq"] for x in lines] == [1, 2] and lines[0]["t"] == 0.5
+    assert slow == [(1, "send", 100.6, 2, b"hi", {})]
 
 
 # -- the same calls through both paths --------------------------------------------------

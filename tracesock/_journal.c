@@ -42,7 +42,8 @@ typedef struct {
     double t0;
     int payload;
     int held; /* set by Python while a would-block event is held back */
-    int closed;
+    int closed; /* detached: no more windows, no more writes */
+    int stopped; /* transfers go to slow() (close() is writing the end) */
     int asked; /* refill() called and not yet answered by add_window() */
     char *pend; /* bytes waiting for a window */
     Py_ssize_t pend_len, pend_cap;
@@ -401,7 +402,7 @@ static PyObject *Journal_transfer(Journal *j, PyObject *const *args, Py_ssize_t 
     double end = now_seconds();
     if (nargs < 6 || nargs > 7)
         return decline(j, args, nargs);
-    if (j->closed || j->held || (nargs == 7 && args[6] != Py_None))
+    if (j->closed || j->stopped || j->held || (nargs == 7 && args[6] != Py_None))
         return decline(j, args, nargs);
     PyObject *o_sock = args[0], *o_op = args[1], *o_start = args[2], *o_n = args[3];
     PyObject *o_data = args[4], *o_args = args[5];
@@ -582,11 +583,12 @@ static PyObject *Journal_detach(Journal *j, PyObject *Py_UNUSED(ignored))
     return Py_BuildValue("(LN)", j->written, waiting);
 }
 
-/* stop(): refuse every write from now on (transfers go to slow()); detach() still
- * gives back what was written. */
+/* stop(): from now on every transfer goes to slow(), which writes (if at all) through
+ * append_call under the recorder's lock: so close() can write the last records and the
+ * end knowing the count. */
 static PyObject *Journal_stop(Journal *j, PyObject *Py_UNUSED(ignored))
 {
-    j->closed = 1;
+    j->stopped = 1;
     Py_RETURN_NONE;
 }
 
@@ -712,7 +714,7 @@ static int record_success(Journal *j, int op, long long sock, double start, long
     double end = now_seconds();
     Py_buffer data;
     int have_data = 0;
-    if (!j->closed && !j->held) {
+    if (!j->closed && !j->stopped && !j->held) {
         if (payload != NULL && j->payload) {
             if (PyObject_GetBuffer(payload, &data, PyBUF_SIMPLE) < 0) {
                 PyErr_Clear();
@@ -1105,7 +1107,7 @@ static PyMethodDef Journal_methods[] = {
     {"add_window", (PyCFunction)(void (*)(void))Journal_add_window, METH_FASTCALL,
      "add_window(buffer, pos=0)"},
     {"detach", (PyCFunction)Journal_detach, METH_NOARGS, "detach() -> (written, waiting)"},
-    {"stop", (PyCFunction)Journal_stop, METH_NOARGS, "stop(): refuse every later write"},
+    {"stop", (PyCFunction)Journal_stop, METH_NOARGS, "stop(): every later transfer to slow()"},
     {NULL},
 };
 

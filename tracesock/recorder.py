@@ -231,7 +231,7 @@ class Recorder:
                 return
             journal.add_window(sink.map_next())
         except Exception as exc:  # a full disk: every later write fails with this
-            self._refill_error = exc
+            self._refill_error = exc  # (_put_call raises it)
             if self._journal is not None:
                 self._journal.stop()
         finally:
@@ -438,6 +438,8 @@ class Recorder:
             sink, self._sink = self._sink, None
             if sink is None:
                 return
+            if self._journal is not None:  # its transfers now wait for this lock, so
+                self._journal.stop()  # the end record's count is the last seq
             for sock in list(self._held):
                 self._release(sink, sock)
             end = {"type": "end", "t": self._clock() - self._t0, "events": self.events_written,

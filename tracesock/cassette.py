@@ -847,7 +847,9 @@ class Cassette:
             bio.claimed = True
             bio.anchor = transport.anchor
             bio.family, bio.kind = transport.family, transport.kind
-            bio.laddr, bio.raddr = transport.laddr, transport.raddr
+            bio.laddr = transport.laddr
+            # asyncio's connect is recorded as EINPROGRESS: its address is the key's
+            bio.raddr = transport.raddr if transport.raddr is not None else transport.key_address
             return bio
 
     def resolve(self, port: int) -> list[tuple[str, str, Any]]:

@@ -32,6 +32,7 @@ import binascii
 import builtins
 import os
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -69,6 +70,10 @@ def recorded_error(err: Any) -> OSError:
     code = err.get("errno") if isinstance(err, dict) else None
     message = str(err.get("message", "")) if isinstance(err, dict) else ""
     cls: Any = {"timeout": TimeoutError, "gaierror": socket.gaierror}.get(name)
+    if cls is None and name.startswith("SSL"):  # TLS over memory BIOs: SSLWantReadError...
+        cls = getattr(ssl, name, None)
+        if isinstance(cls, type) and issubclass(cls, OSError) and isinstance(code, int):
+            return cls(code, message)
     if cls is None:
         cls = getattr(builtins, name, OSError)
         if not (isinstance(cls, type) and issubclass(cls, OSError)):
@@ -475,6 +480,33 @@ class Stream:
             self.chunk = None
             self.notify = None
 
+    # -- TLS over memory BIOs (asyncio ssl=; tls.py) --------------------------------------
+
+    def exhausted(self) -> bool:
+        """Nothing more to receive: the recording has no further recv for this socket."""
+        with self.cassette.lock:
+            return self.chunk is None and not self.recvq and not self._more(self.recvq)
+
+    def all_sent(self) -> bool:
+        """The code has sent all the bytes the recording sent on this socket."""
+        with self.cassette.lock:
+            return self._head_send() is None or self.unsent() is None
+
+    def carry_ciphertext(self) -> None:
+        """TLS over memory BIOs took this socket over: what it recorded from now on is
+        ciphertext, neither replayed nor checked (the BIO object's stream has the
+        plaintext); a FIN or an error still ends it. Its readiness is no longer told."""
+        with self.cassette.lock:
+            if self.ready and self.notify is not None:
+                self.notify(False)
+            self.ready = False
+            self.notify = None
+            self.chunk = None
+            self.recvq = _EndsOnly(e for e in self.recvq if not e[1])
+            self.sendq = deque(maxlen=0)
+            self.out = None
+            self.out_off = 0
+
     def unsent(self) -> ReplayMismatch | None:
         """The recorded bytes the code never sent, as the error to report (or None)."""
         # Sends of other processes (traces that followed children, "pid" on each call)
@@ -493,6 +525,15 @@ class Stream:
             f"{self.cassette.path}: {self.describe()}: the code sent {self.sent} bytes but "
             f"the recording sent {self.sent + missing}; not sent, from byte {self.sent} "
             f"(recorded {rec['op']} seq {rec['seq']}): {head!r}")
+
+
+class _EndsOnly(deque[RecvEntry]):
+    """The recv queue of a socket that carries TLS records for a memory BIO: ciphertext
+    is dropped as it is filed, what ends the stream (a FIN, an error) is kept."""
+
+    def append(self, entry: RecvEntry) -> None:
+        if not entry[1]:
+            super().append(entry)
 
 
 class _BatchReader(TraceReader):
@@ -610,6 +651,7 @@ class Cassette:
         self._last_seq = -1
         self.final_checks = True
         self.pid = reader.header.pid if reader is not None else None  # the top process
+        self._bios: dict[int, deque[Stream]] = {}  # wrap_bio streams by transport socket id
 
     @classmethod
     def open(cls, path: str, *, process: int | None = None, **options: Any) -> Cassette:
@@ -784,6 +826,8 @@ class Cassette:
             if st.notify is not None and not st.ready:  # no _update(): it may pull
                 st.ready = True
                 st.notify(True)
+        elif op == "wrap_bio" and isinstance(rec.get("transport"), int):
+            self._bios.setdefault(rec["transport"], deque()).append(st)
 
     def _key(self, st: Stream, rec: Record) -> None:
         if st.parent is not None:
@@ -836,6 +880,28 @@ class Cassette:
                 "exchange again")
             self.errors.append(err)
             raise err
+
+    def tls_over(self, transport: Stream) -> Stream:
+        """The recorded TLS-over-memory-BIO object (asyncio ``ssl=``) whose ``wrap_bio``
+        named ``transport``: its reads and writes are that connection's plaintext."""
+        with self.lock:
+            while not self._bios.get(transport.sid):
+                if not self.pull():
+                    err = ReplayError(
+                        f"{self.path}: {transport.describe()}: the code does TLS over memory "
+                        "BIOs (asyncio ssl=) on this connection, but no recorded wrap_bio "
+                        "names it as its transport (a wrap_bio whose transport is null cannot "
+                        "be replayed); record this exchange again")
+                    self.errors.append(err)
+                    raise err
+            bio = self._bios[transport.sid].popleft()
+            bio.claimed = True
+            bio.anchor = transport.anchor
+            bio.family, bio.kind = transport.family, transport.kind
+            bio.laddr = transport.laddr
+            # asyncio's connect is recorded as EINPROGRESS: its address is the key's
+            bio.raddr = transport.raddr if transport.raddr is not None else transport.key_address
+            return bio
 
     def resolve(self, port: int) -> list[tuple[str, str, Any]]:
         """Recorded connect addresses to ``port`` not yet used: (family, kind, address),

@@ -60,14 +60,14 @@ def socket_class_replaced(
 ) -> Iterator[type[socket.socket]]:
     """Replace ``socket.socket`` with ``cls`` (replay), and ``socket.getaddrinfo`` when
     given (so that ``create_connection`` resolves names without the network)."""
-    from .tls import ReplaySSLSocket
+    from .tls import ReplaySSLObject, ReplaySSLSocket
 
     original, original_gai = socket.socket, socket.getaddrinfo
     socket.socket = cls  # type: ignore[misc]
     if getaddrinfo is not None:
         socket.getaddrinfo = getaddrinfo
     try:
-        with ssl_classes_replaced(ReplaySSLSocket):  # TLS replays as its plaintext
+        with ssl_classes_replaced(ReplaySSLSocket, ReplaySSLObject):  # TLS: its plaintext
             yield cls
     finally:
         socket.socket = original  # type: ignore[misc]

@@ -21,16 +21,24 @@ BIO while tracing (unless the program set one): NSS key log lines, for Wireshark
 
 Replay (``ReplaySSLSocket``): ``wrap_socket`` skips the handshake and returns the
 replayed socket itself, given the TLS methods: plaintext in, plaintext out, no
-certificates and no network.
+certificates and no network. ``wrap_bio`` over a replayed asyncio transport
+(``ReplaySSLObject``) is a pass-through too, and the transport's socket is fed the
+SSLObject's recorded plaintext (PlaintextStream, below).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import ssl
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .cassette import Stream
+from .errors import ReplayError
 from .recorder import Recorder, buffer_bytes, buffer_len
+from .replay import ReplaySocket
 from .sockets import record_call
 
 _TLS = {"tls": True}
@@ -239,28 +247,37 @@ class TracedSSLSocket(ssl.SSLSocket):
         rec.event(self._ts_id, "close", start, {"fd": fd, "tls": True})
 
 
-def _transport_socket_id(rec: Recorder) -> int | None:
-    """The trace id of the socket under the asyncio transport that is wrapping a BIO."""
-    frame: Any = sys._getframe(2)
+def _transport_socket(frame: Any, ours: Callable[[Any], bool]) -> Any:
+    """The socket under the asyncio transport for which an SSLObject is being made (``ours``
+    tells a socket of this trace or replay from others), from the frames that make it:
+    ``_make_ssl_transport(rawsock, ...)`` (``ssl=`` on a connection or an accepted one),
+    a protocol's own ``_transport``, or ``start_tls(transport, ...)``."""
     for _ in range(8):
         if frame is None:
             return None
-        rawsock = frame.f_locals.get("rawsock")  # asyncio's _make_ssl_transport()
-        if getattr(rawsock, "_ts_rec", None) is rec:
-            return getattr(rawsock, "_ts_id", None)
-        owner = frame.f_locals.get("self")
-        transport = getattr(owner, "_transport", None)
-        if transport is not None:
+        f_locals = frame.f_locals
+        rawsock = f_locals.get("rawsock")
+        if ours(rawsock):
+            return rawsock
+        for transport in (getattr(f_locals.get("self"), "_transport", None),
+                          f_locals.get("transport")):
+            if transport is None or not hasattr(transport, "get_extra_info"):
+                continue
             try:
                 sock = transport.get_extra_info("socket")
             except Exception:
                 return None
             real = getattr(sock, "_sock", sock)
-            if getattr(real, "_ts_rec", None) is rec:
-                return getattr(real, "_ts_id", None)
-            return None
+            return real if ours(real) else None
         frame = frame.f_back
     return None
+
+
+def _transport_socket_id(rec: Recorder) -> int | None:
+    """The trace id of the socket under the asyncio transport that is wrapping a BIO."""
+    sock = _transport_socket(sys._getframe(2),
+                             lambda s: getattr(s, "_ts_rec", None) is rec)
+    return None if sock is None else getattr(sock, "_ts_id", None)
 
 
 class TracedSSLObject(ssl.SSLObject):
@@ -347,25 +364,10 @@ class TracedSSLObject(ssl.SSLObject):
 # -- replay -----------------------------------------------------------------------------
 
 
-class _ReplayTLSMethods:
-    """What an SSLSocket has beyond a socket, for a replayed socket: plaintext as is."""
+class _ReplayTLSAnswers:
+    """What replay says about a TLS session it never had: no certificate, no cipher."""
 
     __slots__ = ()
-    server_side = False
-
-    def do_handshake(self, block: bool = False) -> None:
-        return None
-
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        sock: Any = self
-        if buffer is None:
-            return sock.recv(len)
-        return sock.recv_into(buffer, len)
-
-    def write(self, data: Any) -> int:
-        sock: Any = self
-        n: int = sock.send(data)
-        return n
 
     def pending(self) -> int:
         return 0
@@ -388,6 +390,27 @@ class _ReplayTLSMethods:
     def getpeercert(self, binary_form: bool = False) -> Any:
         return None if binary_form else {}
 
+
+class _ReplayTLSMethods(_ReplayTLSAnswers):
+    """What an SSLSocket has beyond a socket, for a replayed socket: plaintext as is."""
+
+    __slots__ = ()
+    server_side = False
+
+    def do_handshake(self, block: bool = False) -> None:
+        return None
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        sock: Any = self
+        if buffer is None:
+            return sock.recv(len)
+        return sock.recv_into(buffer, len)
+
+    def write(self, data: Any) -> int:
+        sock: Any = self
+        n: int = sock.send(data)
+        return n
+
     def unwrap(self) -> Any:
         return self
 
@@ -407,4 +430,251 @@ class ReplaySSLSocket:
         return sock
 
 
-__all__ = ["ReplaySSLSocket", "TracedSSLObject", "TracedSSLSocket"]
+# TLS over memory BIOs (asyncio ssl=). Recorded, the transport's socket carries the
+# ciphertext and the SSLObject, an id of its own whose wrap_bio names that socket, the
+# plaintext. Replayed, the SSLObject is a pass-through (ReplaySSLObject) and the replayed
+# socket carries the plaintext: at wrap_bio it is given a PlaintextStream, which answers
+# its recvs from the recorded reads of the SSLObject. asyncio's SSL protocol reads in a
+# loop until SSLWantReadError and hands what it got to the app as ONE data_received:
+# recorded reads up to the next recorded SSLWantReadError are one recv, so the app sees
+# the chunks it saw. A recorded read of b'' (close_notify) is the socket's FIN; when the
+# SSLObject's reads run out, the socket's own recorded FIN or error (never its ciphertext)
+# ends the stream. Writes are checked against the SSLObject's recorded writes, in write().
+
+
+class PlaintextStream(Stream):
+    """A replayed transport socket's stream under TLS over memory BIOs: the recorded
+    plaintext of the SSLObject (``bio``), then the end of the socket's own (``transport``)."""
+
+    _RUN = 1 << 30  # recv size while collecting a run: the whole recorded read
+
+    def __init__(self, bio: Stream, transport: Stream) -> None:
+        super().__init__(bio.cassette, transport.sid)
+        self.bio = bio
+        self.transport = transport
+        self.family, self.kind = transport.family, transport.kind
+        self.laddr, self.raddr = transport.laddr, transport.raddr
+        self.claimed = True
+        self.buf = b""  # what the last run gave that the code has not read yet
+        self.held: bytes | BaseException | None = None  # what ended the last run
+        self.bio_ready = False
+
+    def attach(self, notify: Callable[[bool], None]) -> None:
+        with self.cassette.lock:
+            self.notify = notify
+            self.bio.attach(self._bio_readable)
+            self._tell()
+
+    def _bio_readable(self, ready: bool) -> None:
+        self.bio_ready = ready
+        self._tell()
+
+    def _tell(self) -> None:
+        with self.cassette.lock:
+            ready = self._due() and not self.done
+            if ready is not self.ready:
+                self.ready = ready
+                if self.notify is not None:
+                    self.notify(ready)
+
+    def _due(self) -> bool:
+        if self.buf or self.held is not None:
+            return True
+        bio = self.bio
+        if not self.bio_ready:
+            return False
+        if bio.eof or not bio.exhausted():
+            return True
+        return bio.all_sent()  # the transport's end: once the code has sent all it sent
+
+    def recv(self, bufsize: int, peek: bool = False, nonblocking: bool = False,
+             dgram: bool = False) -> bytes:
+        # Not under the cassette's lock: the bio's recv paces itself with realtime=.
+        if self.done:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        try:
+            if not self.buf:
+                self.buf = self._run(nonblocking)
+            out = self.buf[:bufsize]
+            if not peek:
+                self.buf = self.buf[len(out):]
+            return out
+        finally:
+            self._tell()
+
+    def _run(self, nonblocking: bool) -> bytes:
+        """The recorded reads up to the next SSLWantReadError, joined (b'' at the end)."""
+        held, self.held = self.held, None
+        if isinstance(held, BaseException):
+            raise held
+        if held is not None:
+            return held
+        parts: list[bytes] = []
+        while True:
+            try:
+                chunk = self._read(nonblocking)
+            except ssl.SSLWantReadError:  # the end of a run: where asyncio stopped reading
+                if parts:
+                    break
+                continue
+            except BlockingIOError:
+                if parts:
+                    break
+                raise
+            except (OSError, ReplayError) as exc:
+                if parts:
+                    self.held = exc
+                    break
+                raise
+            if not chunk:
+                if parts:
+                    self.held = b""
+                    break
+                return b""
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _read(self, nonblocking: bool) -> bytes:
+        bio = self.bio
+        if bio.eof or not bio.exhausted():  # after close_notify, recv gives b'' again
+            return bio.recv(self._RUN, False, nonblocking)
+        # The SSLObject's reads ran out: the socket's own FIN or error ends the stream
+        # (its ciphertext was dropped), after the code has sent all it sent.
+        if nonblocking and not bio.all_sent():
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return self.transport.recv(self._RUN)
+
+    def write(self, data: Any) -> int:
+        """Plaintext the code writes through the SSLObject: checked against its recorded
+        writes (a ReplayError also goes to the replay's errors: asyncio catches it)."""
+        try:
+            n = self.bio.send(data, "write")
+        except ReplayError as exc:
+            self.cassette.errors.append(exc)
+            raise
+        self._tell()
+        return n
+
+    def send(self, data: Any, op: str) -> int:
+        # The plaintext asyncio flushes from the outgoing BIO: checked already, in write().
+        if self.done:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return memoryview(data).nbytes
+
+    def close(self) -> None:
+        with self.cassette.lock:
+            self.done = True
+            self.notify = None
+            self.bio.close()
+            self.transport.close()
+
+
+def plaintext_for(sock: ReplaySocket) -> PlaintextStream:
+    """Make replayed ``sock`` carry the plaintext of the recorded SSLObject over it."""
+    transport = sock.stream
+    if transport is None:
+        raise ReplayError("TLS over memory BIOs on a replayed socket that matched no "
+                          "recorded connection")
+    bio = transport.cassette.tls_over(transport)
+    plain = PlaintextStream(bio, transport)
+    transport.carry_ciphertext()
+    sock._rs_attach(plain)  # the replayed socket answers from the plaintext from now on
+    return plain
+
+
+class ReplaySSLObject(_ReplayTLSAnswers, ssl.SSLObject):
+    """Stands in for ``SSLContext.sslobject_class`` during replay. Over a replayed socket
+    (asyncio ``ssl=``, ``start_tls``): a pass-through, no handshake and no certificate;
+    ``read`` hands back what came into the incoming BIO (the recorded plaintext),
+    ``write`` checks the plaintext against the recording and puts it in the outgoing
+    BIO. Anywhere else (BIOs the program pumps itself) a real ``SSLObject``."""
+
+    _rs_incoming: ssl.MemoryBIO
+    _rs_outgoing: ssl.MemoryBIO
+    _rs_plain: PlaintextStream
+    _rs_server_side: bool
+    _rs_server_hostname: str | None
+    _rs_context: Any
+
+    @classmethod
+    def _create(cls, incoming: Any, outgoing: Any, server_side: bool = False,
+                server_hostname: Any = None, session: Any = None,
+                context: Any = None) -> Any:
+        sock = _transport_socket(sys._getframe(2), lambda s: isinstance(s, ReplaySocket))
+        if sock is None:
+            return ssl.SSLObject._create(incoming, outgoing, server_side,  # type: ignore[attr-defined]
+                                         server_hostname, session, context)
+        self = cls.__new__(cls)
+        self._rs_incoming, self._rs_outgoing = incoming, outgoing
+        self._rs_server_side = server_side
+        self._rs_server_hostname = server_hostname
+        self._rs_context = context
+        try:
+            self._rs_plain = plaintext_for(sock)
+        except ReplayError:
+            sock.close()  # asyncio would leave it open, and it can never be replayed
+            raise
+        return self
+
+    @property
+    def context(self) -> Any:
+        return self._rs_context
+
+    @context.setter
+    def context(self, ctx: Any) -> None:
+        self._rs_context = ctx
+
+    @property
+    def session(self) -> Any:
+        return None
+
+    @session.setter
+    def session(self, session: Any) -> None:
+        pass  # no session to resume: nothing was negotiated
+
+    @property
+    def session_reused(self) -> bool:
+        return False
+
+    @property
+    def server_side(self) -> bool:
+        return self._rs_server_side
+
+    @property
+    def server_hostname(self) -> str | None:
+        return self._rs_server_hostname
+
+    def do_handshake(self) -> None:
+        return None
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        data = self._rs_incoming.read(len)
+        if not data and not self._rs_incoming.eof:
+            raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
+                                       "The operation did not complete (read)")
+        if buffer is None:
+            return data
+        n = memoryview(data).nbytes
+        memoryview(buffer).cast("B")[:n] = data
+        return n
+
+    def write(self, data: Any) -> int:
+        n = self._rs_plain.write(data)  # a mismatch reaches the app as connection_lost(exc)
+        self._rs_outgoing.write(memoryview(data)[:n])
+        return n
+
+    def unwrap(self) -> None:
+        return None
+
+    def selected_npn_protocol(self) -> None:
+        return None
+
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> None:
+        return None
+
+    def verify_client_post_handshake(self) -> None:
+        return None
+
+
+__all__ = ["PlaintextStream", "ReplaySSLObject", "ReplaySSLSocket", "TracedSSLObject",
+           "TracedSSLSocket"]

@@ -45,6 +45,17 @@ def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return ctx
 
 
+def read_request(s: ssl.SSLSocket) -> bytes | None:
+    """An HTTP request's head, read until its blank line (None: the client went away)."""
+    req = b""
+    while b"\r\n\r\n" not in req:
+        chunk = s.recv(4096)
+        if not chunk:
+            return None
+        req += chunk
+    return req
+
+
 class TLSServer:
     """An HTTPS-ish server on 127.0.0.1, untraced even inside a trace (it builds its
     accepted sockets from the original class), sending RESPONSE_CHUNKS one by one."""
@@ -76,12 +87,9 @@ class TLSServer:
                 pass
 
     def http(self, s: ssl.SSLSocket) -> None:
-        req = b""
-        while b"\r\n\r\n" not in req:
-            chunk = s.recv(4096)
-            if not chunk:
-                return
-            req += chunk
+        req = read_request(s)
+        if req is None:
+            return
         self.requests.append(req)
         for chunk in RESPONSE_CHUNKS:
             s.sendall(chunk)
@@ -456,12 +464,8 @@ def piece_handler(pieces: list[bytes], then: bytes | None = None
     its own TLS record, most likely its own recv), then, if given, reads ``then`` and
     waits for the client to close."""
     def handle(s: ssl.SSLSocket) -> None:
-        req = b""
-        while b"\r\n\r\n" not in req:
-            chunk = s.recv(4096)
-            if not chunk:
-                return
-            req += chunk
+        if read_request(s) is None:
+            return
         for piece in pieces:
             s.sendall(piece)
             threading.Event().wait(0.05)

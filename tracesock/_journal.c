@@ -103,27 +103,6 @@ static char *b64_encode(char *out, const unsigned char *in, Py_ssize_t n)
     return out;
 }
 
-static char *put_int(char *p, long long v)
-{
-    char tmp[24];
-    int k = 0;
-    unsigned long long u;
-    if (v < 0) {
-        *p++ = '-';
-        u = (unsigned long long)(-(v + 1)) + 1;
-    }
-    else {
-        u = (unsigned long long)v;
-    }
-    do {
-        tmp[k++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    while (k)
-        *p++ = tmp[--k];
-    return p;
-}
-
 static char *put_uint(char *p, unsigned long long u)
 {
     char tmp[24];
@@ -135,6 +114,15 @@ static char *put_uint(char *p, unsigned long long u)
     while (k)
         *p++ = tmp[--k];
     return p;
+}
+
+static char *put_int(char *p, long long v)
+{
+    if (v < 0) {
+        *p++ = '-';
+        return put_uint(p, (unsigned long long)(-(v + 1)) + 1);
+    }
+    return put_uint(p, (unsigned long long)v);
 }
 
 /* Seconds with nanosecond resolution (the clock's), trailing zeros dropped: 0.000012345,
@@ -706,73 +694,81 @@ static void record_failure(Journal *j, int op, long long sock, double start, PyO
     PyErr_Restore(type, value, tb);
 }
 
-/* After the real call succeeded: write the record, or hand it to the Python path when
- * the journal does not take it now (a held would-block event, a stopped journal). */
-static int record_success(Journal *j, int op, long long sock, double start, long long nbytes,
-                          PyObject *payload, const Arg *kv, int nkv)
+/* The record of a call the journal does not take now (a held would-block event, a
+ * stopped journal, a buffer it cannot read as plain bytes): handed to slow(), the Python
+ * path, with what the Python method would have passed it. The payload goes as
+ * buffer_bytes() gives it: a byte-wise view of the buffer, or None. */
+static void record_slow(Journal *j, int op, long long sock, double start, long long nbytes,
+                        PyObject *payload, const Arg *kv, int nkv)
 {
-    double end = now_seconds();
-    Py_buffer data;
-    int have_data = 0;
-    if (!j->closed && !j->stopped && !j->held) {
-        if (payload != NULL && j->payload) {
-            if (PyObject_GetBuffer(payload, &data, PyBUF_SIMPLE) < 0) {
-                PyErr_Clear();
-                goto slow;
-            }
-            if (data.len < nbytes) {
-                PyBuffer_Release(&data);
-                goto slow;
-            }
-            have_data = 1;
-        }
-        journal_record(j, sock, OP_NAMES[op], (Py_ssize_t)strlen(OP_NAMES[op]), start, end, nbytes,
-                       have_data ? &data : NULL, kv, nkv);
-        if (have_data)
-            PyBuffer_Release(&data);
-        return 0;
-    }
-slow:;
     PyObject *o_args = PyDict_New(), *o_sock = PyLong_FromLongLong(sock);
     PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]), *o_start = PyFloat_FromDouble(start);
-    PyObject *o_n = PyLong_FromLongLong(nbytes);
+    PyObject *data = NULL;
+    if (payload != NULL) {
+        PyObject *view = PyMemoryView_FromObject(payload);
+        data = view ? PyObject_CallMethod(view, "cast", "s", "B") : NULL;
+        Py_XDECREF(view);
+        if (data == NULL) {
+            PyErr_Clear();
+            data = Py_NewRef(Py_None);
+        }
+        if (nbytes < 0)
+            nbytes = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len : 0;
+    }
+    PyObject *o_n = PyLong_FromLongLong(nbytes < 0 ? 0 : nbytes);
     int ok = o_args && o_sock && o_op && o_start && o_n;
     for (int i = 0; ok && i < nkv; i++) {
         PyObject *v = PyLong_FromLongLong(kv[i].val);
         ok = v != NULL && PyDict_SetItemString(o_args, kv[i].key, v) == 0;
         Py_XDECREF(v);
     }
-    PyObject *data_obj = payload;
-    if (ok && payload != NULL && op == OP_RECV_INTO) { /* the filled part of the buffer */
-        PyObject *view = PyMemoryView_FromObject(payload);
-        data_obj = NULL;
-        if (view != NULL) {
-            PyObject *bytes = PyObject_CallMethod(view, "tobytes", NULL);
-            Py_DECREF(view);
-            if (bytes != NULL) {
-                data_obj = PyBytes_FromStringAndSize(PyBytes_AS_STRING(bytes),
-                                                     nbytes < PyBytes_GET_SIZE(bytes) ? nbytes : PyBytes_GET_SIZE(bytes));
-                Py_DECREF(bytes);
-            }
-        }
-        ok = data_obj != NULL;
-    }
     if (ok) {
-        PyObject *stack[6] = {o_sock, o_op, o_start, o_n, payload ? data_obj : Py_None, o_args};
+        PyObject *stack[6] = {o_sock, o_op, o_start, o_n, data ? data : Py_None, o_args};
         PyObject *r = PyObject_Vectorcall(j->slow, stack, 6, NULL);
         Py_XDECREF(r);
         ok = r != NULL;
     }
-    if (data_obj != payload)
-        Py_XDECREF(data_obj);
+    if (!ok)
+        PyErr_WriteUnraisable(j->slow); /* tracing never changes the program */
+    Py_XDECREF(data);
     Py_XDECREF(o_args);
     Py_XDECREF(o_sock);
     Py_XDECREF(o_op);
     Py_XDECREF(o_start);
     Py_XDECREF(o_n);
-    if (!ok)
-        PyErr_WriteUnraisable(j->slow); /* tracing never changes the program */
-    return 0;
+}
+
+/* After the real call succeeded: write the record. ``payload`` is the buffer that moved
+ * (its first ``nbytes`` bytes), or NULL; ``nbytes`` < 0 means the whole buffer (sendall).
+ * The buffer is read once, for its length and its bytes alike. */
+static void record_success(Journal *j, int op, long long sock, double start, long long nbytes,
+                           PyObject *payload, const Arg *kv, int nkv)
+{
+    double end = now_seconds();
+    Py_buffer data;
+    int need_buffer = payload != NULL && (j->payload || nbytes < 0);
+    if (j->closed || j->stopped || j->held) {
+        record_slow(j, op, sock, start, nbytes, payload, kv, nkv);
+        return;
+    }
+    if (need_buffer) {
+        if (PyObject_GetBuffer(payload, &data, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            record_slow(j, op, sock, start, nbytes, payload, kv, nkv);
+            return;
+        }
+        if (nbytes < 0)
+            nbytes = data.len;
+        if (data.len < nbytes) {
+            PyBuffer_Release(&data);
+            record_slow(j, op, sock, start, nbytes, payload, kv, nkv);
+            return;
+        }
+    }
+    journal_record(j, sock, OP_NAMES[op], (Py_ssize_t)strlen(OP_NAMES[op]), start, end, nbytes,
+                   need_buffer && j->payload ? &data : NULL, kv, nkv);
+    if (need_buffer)
+        PyBuffer_Release(&data);
 }
 
 static PyObject *call_real(int op, PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -827,56 +823,11 @@ static PyObject *traced_send_common(int op, PyObject *self, PyObject *const *arg
     PyObject *result = timed_call(op, self, args, nargs, kwnames, &j, &sock, &start);
     if (j == NULL)
         return result;
-    long long nbytes;
-    if (op == OP_SEND) {
-        if (!small_int(result, &nbytes))
-            nbytes = 0;
-    }
-    else {
-        Py_buffer b;
-        if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) == 0) {
-            nbytes = b.len;
-            PyBuffer_Release(&b);
-        }
-        else { /* not a simple buffer: the Python path measures it its own way */
-            PyErr_Clear();
-            nbytes = -1;
-        }
-    }
+    long long nbytes = -1; /* sendall: the whole buffer */
+    if (op == OP_SEND && !small_int(result, &nbytes))
+        nbytes = 0;
     Arg kv[1] = {{"flags", 5, flags}};
-    if (nbytes >= 0)
-        record_success(j, op, sock, start, nbytes, args[0], kv, flags ? 1 : 0);
-    else {
-        PyObject *o_sock = PyLong_FromLongLong(sock), *o_start = PyFloat_FromDouble(start);
-        PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]);
-        PyObject *o_args = flags ? Py_BuildValue("{sL}", "flags", flags) : PyDict_New();
-        PyObject *n = NULL, *view = NULL;
-        if (o_sock && o_start && o_op && o_args) {
-            view = PyMemoryView_FromObject(args[0]);
-            if (view != NULL) {
-                PyObject *bytes = PyObject_CallMethod(view, "tobytes", NULL);
-                Py_DECREF(view);
-                view = bytes;
-            }
-            if (view != NULL)
-                n = PyLong_FromSsize_t(PyBytes_GET_SIZE(view));
-        }
-        if (n != NULL) {
-            PyObject *stack[6] = {o_sock, o_op, o_start, n, view, o_args};
-            PyObject *r = PyObject_Vectorcall(j->slow, stack, 6, NULL);
-            if (r == NULL)
-                PyErr_WriteUnraisable(j->slow);
-            Py_XDECREF(r);
-        }
-        else
-            PyErr_Clear();
-        Py_XDECREF(n);
-        Py_XDECREF(view);
-        Py_XDECREF(o_sock);
-        Py_XDECREF(o_start);
-        Py_XDECREF(o_op);
-        Py_XDECREF(o_args);
-    }
+    record_success(j, op, sock, start, nbytes, args[0], kv, flags ? 1 : 0);
     Py_DECREF(j);
     return result;
 }
@@ -1068,10 +1019,8 @@ static void Journal_dealloc(Journal *j)
 }
 
 static PyObject *get_seq(Journal *j, void *c) { return PyLong_FromLongLong(j->seq); }
-static PyObject *get_written(Journal *j, void *c) { return PyLong_FromLongLong(j->written); }
 static PyObject *get_lost(Journal *j, void *c) { return PyLong_FromLongLong(j->lost); }
 static PyObject *get_closed(Journal *j, void *c) { return PyBool_FromLong(j->closed); }
-static PyObject *get_waiting(Journal *j, void *c) { return PyLong_FromSsize_t(j->pend_len); }
 static PyObject *get_held(Journal *j, void *c) { return PyBool_FromLong(j->held); }
 static PyObject *get_needs(Journal *j, void *c) { return PyBool_FromLong(needs_window(j)); }
 
@@ -1090,10 +1039,8 @@ static int set_held(Journal *j, PyObject *v, void *c)
 
 static PyGetSetDef Journal_getset[] = {
     {"seq", (getter)get_seq, NULL, "the last number given", NULL},
-    {"written", (getter)get_written, NULL, "bytes in the file's windows so far", NULL},
     {"lost", (getter)get_lost, NULL, "lines dropped for want of memory", NULL},
     {"closed", (getter)get_closed, NULL, "detached", NULL},
-    {"waiting", (getter)get_waiting, NULL, "bytes waiting for a window", NULL},
     {"held", (getter)get_held, (setter)set_held, "send every transfer to slow()", NULL},
     {"needs_window", (getter)get_needs, NULL, "whether add_window() is due", NULL},
     {NULL},

@@ -7,10 +7,8 @@ from _typeshed import ReadableBuffer, WriteableBuffer
 
 class Journal:
     seq: int
-    written: int
     lost: int
     closed: bool
-    waiting: int
     held: bool
     needs_window: bool
     def __init__(

@@ -258,7 +258,11 @@ class Recorder:
             ev["seq"] = journal.append_call(_dumps(ev, default=_json_default, option=_OPTS))
             return
         ev["seq"] = seq = self._seq + 1
-        sink.spill(_dumps(ev, default=_json_default, option=_OPTS))
+        line = _dumps(ev, default=_json_default, option=_OPTS)
+        try:
+            sink.write(line)
+        except ValueError:  # no room left in the sink's window: the slow path
+            sink.spill(line)
         self._seq = seq
 
     # -- building records ---------------------------------------------------------------
@@ -322,16 +326,7 @@ class Recorder:
             if self._held and sock in self._held:
                 self._release(sink, sock)
             try:
-                if self._journal is not None:
-                    self._put_call(sink, ev)
-                    return
-                ev["seq"] = seq = self._seq + 1
-                line = _dumps(ev, default=_json_default, option=_OPTS)
-                try:
-                    sink.write(line)
-                except ValueError:  # no room in the sink's buffer: the slow path
-                    sink.spill(line)
-                self._seq = seq
+                self._put_call(sink, ev)
             except Exception as exc:
                 self._write_failed(sink, ev, exc)
 

@@ -10,8 +10,11 @@
  * finished line in the file, as with the Python path.
  *
  * Windows are mapped by Python (sink.py) and handed over with add_window(); they are
- * consecutive ranges of the file. When the current one is half used and no next one is
- * ready, the journal calls refill() (Python) after finishing its write. A line that
+ * consecutive ranges of the file. Their pages may be handed over unready: the journal
+ * then readies them (reserves and maps them writable) a step ahead of its writes, since
+ * every page readied costs about as much whether a line lands on it or not. When the
+ * current window is half used and no next one is there, the journal calls refill()
+ * (Python) after finishing its write. A line that
  * does not fit is split across the current window and the next; if no next window is
  * ready it waits in a private buffer until add_window() (or detach(), for close).
  *
@@ -25,21 +28,34 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <time.h>
 
 #define HEAD_MAX 1024
 #define MAX_ARGS 8
 #define NAME_MAX_LEN 48
 #define GRAVE 16
+/* Pages of a window handed over unready are made ready this many bytes at a time, a
+ * step ahead of the writer: madvise(MADV_POPULATE_WRITE) reserves them (a full disk is
+ * an error here, never a SIGBUS on a store) and maps them writable. */
+#define READY_STEP (256 << 10)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 typedef struct {
     PyObject_HEAD
     Py_buffer cur; /* current window; cur.obj == NULL when there is none */
     Py_ssize_t pos; /* write position in cur */
+    Py_ssize_t end; /* cur's pages are ready (reserved, mapped writable) below this */
     Py_buffer next; /* the window after it, when ready */
+    Py_ssize_t next_end;
+    int prep_errno; /* why getting pages ready failed (a full disk): no more windows */
     long long written; /* bytes in the file so far (window bases + positions) */
     long long seq;
-    double t0;
+    long long t0; /* the trace's start, ns */
     int payload;
     int held; /* set by Python while a would-block event is held back */
     int closed; /* detached: no more windows, no more writes */
@@ -55,6 +71,8 @@ typedef struct {
     PyObject *slow;
     PyObject *refill;
 } Journal;
+
+static long mmap_page = 4096; /* sysconf(_SC_PAGESIZE), set at import */
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -103,17 +121,31 @@ static char *b64_encode(char *out, const unsigned char *in, Py_ssize_t n)
     return out;
 }
 
+/* "00" "01" ... "99": two digits per division. */
+static const char DIGIT_PAIRS[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 static char *put_uint(char *p, unsigned long long u)
 {
-    char tmp[24];
-    int k = 0;
-    do {
-        tmp[k++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    while (k)
-        *p++ = tmp[--k];
-    return p;
+    char tmp[20];
+    char *q = tmp + sizeof(tmp);
+    while (u >= 100) {
+        q -= 2;
+        memcpy(q, DIGIT_PAIRS + 2 * (u % 100), 2);
+        u /= 100;
+    }
+    if (u >= 10) {
+        q -= 2;
+        memcpy(q, DIGIT_PAIRS + 2 * u, 2);
+    }
+    else {
+        *--q = (char)('0' + u);
+    }
+    size_t n = (size_t)(tmp + sizeof(tmp) - q);
+    memcpy(p, q, n);
+    return p + n;
 }
 
 static char *put_int(char *p, long long v)
@@ -125,41 +157,68 @@ static char *put_int(char *p, long long v)
     return put_uint(p, (unsigned long long)v);
 }
 
-/* Seconds with nanosecond resolution (the clock's), trailing zeros dropped: 0.000012345,
- * 1.5, 3.0. Always a JSON float. */
-static char *put_seconds(char *p, double s)
+/* Nanoseconds as seconds, trailing zeros dropped: 0.000012345, 1.5, 3.0. Always a
+ * JSON float. */
+static char *put_seconds(char *p, long long ns)
 {
-    long long ns;
-    if (!(s == s) || s > 9.0e9 || s < -9.0e9) { /* NaN or absurd: keep it a number */
-        s = 0.0;
-    }
-    if (s < 0) {
+    unsigned long long u;
+    if (ns < 0) {
         *p++ = '-';
-        s = -s;
+        u = (unsigned long long)(-(ns + 1)) + 1;
     }
-    ns = (long long)(s * 1e9 + 0.5);
-    p = put_int(p, ns / 1000000000LL);
+    else {
+        u = (unsigned long long)ns;
+    }
+    p = put_uint(p, u / 1000000000ULL);
     *p++ = '.';
-    long long frac = ns % 1000000000LL;
-    char digits[9];
-    for (int i = 8; i >= 0; i--) {
-        digits[i] = (char)('0' + frac % 10);
-        frac /= 10;
+    unsigned frac = (unsigned)(u % 1000000000ULL);
+    if (frac == 0) {
+        *p++ = '0';
+        return p;
     }
+    char d[9];
+    d[0] = (char)('0' + frac / 100000000);
+    memcpy(d + 1, DIGIT_PAIRS + 2 * (frac / 1000000 % 100), 2);
+    memcpy(d + 3, DIGIT_PAIRS + 2 * (frac / 10000 % 100), 2);
+    memcpy(d + 5, DIGIT_PAIRS + 2 * (frac / 100 % 100), 2);
+    memcpy(d + 7, DIGIT_PAIRS + 2 * (frac % 100), 2);
     int last = 8;
-    while (last > 0 && digits[last] == '0')
+    while (d[last] == '0') /* frac != 0: some digit is not */
         last--;
-    memcpy(p, digits, (size_t)last + 1);
+    memcpy(p, d, (size_t)last + 1);
     return p + last + 1;
 }
 
-static double now_seconds(void)
+/* CLOCK_MONOTONIC in nanoseconds: time.perf_counter()'s clock, as an integer. */
+static long long now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    /* as time.perf_counter() converts it: nanoseconds / 1e9 */
-    long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    return (double)ns / 1e9;
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* perf_counter() seconds <-> nanoseconds, as time.perf_counter() converts them. */
+static double ns_to_seconds(long long ns) { return (double)ns / 1e9; }
+
+static long long seconds_to_ns(double s)
+{
+    if (!(s == s) || s > 9.0e9 || s < -9.0e9) /* NaN or absurd: keep it a number */
+        return 0;
+    double ns = s * 1e9;
+    return (long long)(ns < 0 ? ns - 0.5 : ns + 0.5);
+}
+
+/* threading.get_ident() of the calling thread, in digits: made once per thread (a
+ * thread's ident never changes; a forked child's thread keeps its parent's). */
+static _Thread_local char thread_digits[24];
+static _Thread_local int thread_len;
+
+static char *put_thread(char *p)
+{
+    if (thread_len == 0)
+        thread_len = (int)(put_uint(thread_digits, PyThread_get_thread_ident()) - thread_digits);
+    memcpy(p, thread_digits, (size_t)thread_len);
+    return p + thread_len;
 }
 
 /* A name fit to write between quotes as it is: [A-Za-z0-9_], short. */
@@ -204,11 +263,42 @@ static void drop_cur(Journal *j)
         PyBuffer_Release(&j->cur); /* ends the export; the reference above keeps it mapped */
     }
     j->cur.obj = NULL;
-    j->pos = 0;
+    j->pos = j->end = 0;
     if (j->next.obj != NULL) {
         j->cur = j->next;
+        j->end = j->next_end;
         j->next.obj = NULL;
     }
+}
+
+/* Make the next step of cur's pages ready; -1 (and prep_errno set) when the system
+ * refuses (no space): cur then ends where its ready pages do. */
+static int ready_step(Journal *j)
+{
+    Py_ssize_t step = j->cur.len - j->end < READY_STEP ? j->cur.len - j->end : READY_STEP;
+    if (j->prep_errno != 0)
+        return -1;
+    if (madvise((char *)j->cur.buf + j->end, (size_t)step, MADV_POPULATE_WRITE) != 0) {
+        j->prep_errno = errno ? errno : EIO;
+        return -1;
+    }
+    j->end += step;
+    return 0;
+}
+
+/* Where writing in cur has to stop: its length, or the end of its ready pages when no
+ * more can be made ready. */
+static Py_ssize_t cur_limit(Journal *j)
+{
+    return j->prep_errno != 0 ? j->end : j->cur.len;
+}
+
+/* Bytes writable at pos now, up to ``want``: ready pages, made ready as needed. */
+static Py_ssize_t writable(Journal *j, Py_ssize_t want)
+{
+    while (j->end - j->pos < want && j->end < j->cur.len && ready_step(j) == 0)
+        ;
+    return j->end - j->pos;
 }
 
 static int pend_append(Journal *j, const char *p, Py_ssize_t n)
@@ -233,14 +323,14 @@ static int pend_append(Journal *j, const char *p, Py_ssize_t n)
 static int put(Journal *j, const char *p, Py_ssize_t n)
 {
     while (n > 0 && j->pend_len == 0 && j->cur.obj != NULL) {
-        Py_ssize_t room = j->cur.len - j->pos;
+        Py_ssize_t room = writable(j, n);
         Py_ssize_t k = n < room ? n : room;
         memcpy((char *)j->cur.buf + j->pos, p, (size_t)k);
         j->pos += k;
         j->written += k;
         p += k;
         n -= k;
-        if (j->pos == j->cur.len)
+        if (j->pos == cur_limit(j))
             drop_cur(j);
     }
     if (n > 0)
@@ -252,7 +342,7 @@ static int needs_window(Journal *j)
 {
     if (j->closed || j->next.obj != NULL)
         return 0;
-    return j->cur.obj == NULL || (j->cur.len - j->pos) < j->cur.len / 2;
+    return j->cur.obj == NULL || (cur_limit(j) - j->pos) < j->cur.len / 2;
 }
 
 static int wants_window(Journal *j)
@@ -271,10 +361,20 @@ static void ask_refill(Journal *j)
     j->asked = 0; /* answered, or to be asked again by the next write */
 }
 
+/* After each write: make the next step of the window ready when the writer is close to
+ * the end of the ready pages, and ask for the next window when this one is half used. */
+static void after_write(Journal *j)
+{
+    if (j->cur.obj != NULL && j->end < j->cur.len && j->end - j->pos < READY_STEP / 2)
+        ready_step(j);
+    if (wants_window(j))
+        ask_refill(j);
+}
+
 /* Room for a line being formatted: in the window when it fits there, else scratch. */
 static char *line_buffer(Journal *j, Py_ssize_t total, int *direct)
 {
-    if (j->pend_len == 0 && j->cur.obj != NULL && j->cur.len - j->pos >= total) {
+    if (j->pend_len == 0 && j->cur.obj != NULL && writable(j, total) >= total) {
         *direct = 1;
         return (char *)j->cur.buf + j->pos;
     }
@@ -297,7 +397,7 @@ static void commit(Journal *j, char *line, Py_ssize_t total, int direct)
     if (direct) {
         j->pos += total;
         j->written += total;
-        if (j->pos == j->cur.len)
+        if (j->pos == cur_limit(j))
             drop_cur(j);
     }
     else if (put(j, line, total) < 0) {
@@ -316,7 +416,7 @@ typedef struct {
 /* Number, format and write one send/recv record. ``data`` is NULL when no payload is to
  * be recorded; otherwise it holds at least ``nbytes`` bytes (the caller checked). */
 static void journal_record(Journal *j, long long sock, const char *op, Py_ssize_t oplen,
-                           double start, double end, long long nbytes, const Py_buffer *data,
+                           long long start, long long end, long long nbytes, const Py_buffer *data,
                            const Arg *kv, int nkv)
 {
     char head[HEAD_MAX];
@@ -334,7 +434,7 @@ static void journal_record(Journal *j, long long sock, const char *op, Py_ssize_
     memcpy(p, op, (size_t)oplen);
     p += oplen;
     LIT("\",\"thread\":");
-    p = put_uint(p, (unsigned long long)PyThread_get_thread_ident());
+    p = put_thread(p);
     LIT(",\"args\":{");
     for (int i = 0; i < nkv; i++) {
         if (i)
@@ -372,8 +472,7 @@ static void journal_record(Journal *j, long long sock, const char *op, Py_ssize_
     *q++ = '}';
     *q++ = '\n';
     commit(j, line, total, direct);
-    if (wants_window(j))
-        ask_refill(j);
+    after_write(j);
 }
 
 static PyObject *decline(Journal *j, PyObject *const *args, Py_ssize_t nargs)
@@ -387,7 +486,7 @@ static PyObject *decline(Journal *j, PyObject *const *args, Py_ssize_t nargs)
  * journal_record directly. */
 static PyObject *Journal_transfer(Journal *j, PyObject *const *args, Py_ssize_t nargs)
 {
-    double end = now_seconds();
+    long long end = now_ns();
     if (nargs < 6 || nargs > 7)
         return decline(j, args, nargs);
     if (j->closed || j->stopped || j->held || (nargs == 7 && args[6] != Py_None))
@@ -432,7 +531,7 @@ static PyObject *Journal_transfer(Journal *j, PyObject *const *args, Py_ssize_t 
         }
         have_data = 1;
     }
-    journal_record(j, sock, op, oplen, PyFloat_AS_DOUBLE(o_start), end, nbytes,
+    journal_record(j, sock, op, oplen, seconds_to_ns(PyFloat_AS_DOUBLE(o_start)), end, nbytes,
                    have_data ? &data : NULL, kv, nkv);
     if (have_data)
         PyBuffer_Release(&data);
@@ -468,8 +567,7 @@ static PyObject *Journal_append_call(Journal *j, PyObject *arg)
         return PyErr_NoMemory();
     }
     long long seq = j->seq;
-    if (wants_window(j))
-        ask_refill(j);
+    after_write(j);
     return PyLong_FromLongLong(seq);
 }
 
@@ -487,23 +585,29 @@ static PyObject *Journal_append_raw(Journal *j, PyObject *arg)
     PyBuffer_Release(&b);
     if (r < 0)
         return PyErr_NoMemory();
-    if (wants_window(j))
-        ask_refill(j);
+    after_write(j);
     Py_RETURN_NONE;
 }
 
-/* add_window(buffer, pos=0): the next range of the file, writable, right after the
- * last one. Waiting bytes go into it first. */
+/* add_window(buffer, pos=0, ready=-1): the next range of the file, writable, right
+ * after the last one; its pages are ready (reserved and mapped writable) below
+ * ``ready`` (the whole buffer when -1), and the journal readies the rest itself, a step
+ * at a time (a mapping, page-aligned). Waiting bytes go into it first. */
 static PyObject *Journal_add_window(Journal *j, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t pos = 0;
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "add_window(buffer, pos=0)");
+    Py_ssize_t pos = 0, ready = -1;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "add_window(buffer, pos=0, ready=-1)");
         return NULL;
     }
-    if (nargs == 2) {
+    if (nargs >= 2) {
         pos = PyLong_AsSsize_t(args[1]);
         if (pos == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (nargs == 3) {
+        ready = PyLong_AsSsize_t(args[2]);
+        if (ready == -1 && PyErr_Occurred())
             return NULL;
     }
     bury_retired(j);
@@ -518,14 +622,19 @@ static PyObject *Journal_add_window(Journal *j, PyObject *const *args, Py_ssize_
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE) < 0)
         return NULL;
-    if (pos < 0 || pos > b.len) {
+    if (ready < 0 || ready > b.len)
+        ready = b.len;
+    if (pos < 0 || pos > ready || (ready < b.len && ready % mmap_page != 0) ||
+        (ready < b.len && ((uintptr_t)b.buf % (uintptr_t)mmap_page) != 0)) {
         PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_ValueError, "pos outside the window");
+        PyErr_SetString(PyExc_ValueError,
+                        "pos outside the ready part, or a window not ready to the page");
         return NULL;
     }
     j->asked = 0;
     if (j->cur.obj == NULL) {
         j->cur = b;
+        j->end = ready;
         j->pos = pos;
         j->written += pos;
         if (j->pos == j->cur.len)
@@ -544,9 +653,9 @@ static PyObject *Journal_add_window(Journal *j, PyObject *const *args, Py_ssize_
     }
     else {
         j->next = b;
+        j->next_end = ready;
     }
-    if (wants_window(j))
-        ask_refill(j);
+    after_write(j);
     Py_RETURN_NONE;
 }
 
@@ -561,6 +670,7 @@ static PyObject *Journal_detach(Journal *j, PyObject *Py_UNUSED(ignored))
     if (j->next.obj != NULL)
         PyBuffer_Release(&j->next);
     j->cur.obj = j->next.obj = NULL;
+    j->pos = j->end = j->next_end = 0;
     j->closed = 1;
     PyObject *waiting = PyBytes_FromStringAndSize(j->pend ? j->pend : "", j->pend_len);
     PyMem_RawFree(j->pend);
@@ -593,17 +703,34 @@ static const char *const OP_NAMES[N_OPS] = {"send", "sendall", "recv", "recv_int
 static PyObject *real_methods[N_OPS]; /* socket.socket's own */
 static PyObject *py_methods[N_OPS]; /* sockets.py's TracedSocket methods */
 static PyObject *failed_hook; /* failed(sock, op, start, exc, args) */
-static PyObject *str_ts_rec, *str_ts_id, *str_transfer;
+static PyObject *str_ts_rec, *str_ts_id, *str_ts_jnl, *str_transfer;
 static PyTypeObject *traced_type; /* TracedSocket: its slots are read in place */
-static Py_ssize_t rec_offset, id_offset; /* of the _ts_rec and _ts_id slots */
+static Py_ssize_t rec_offset, id_offset, jnl_offset; /* of the _ts_rec, _ts_id, _ts_jnl slots */
 static PyTypeObject JournalType;
 
 /* The journal of ``self``'s recorder (a new reference), with the socket's id; NULL
- * (without an exception) when the recorder has none. */
+ * (without an exception) when the recorder has none.
+ *
+ * The answer is kept in the socket's _ts_jnl slot. A recorder only ever lets go of its
+ * journal by detaching it (close, or a forked child's copy), which closes it; so a kept
+ * journal that is not closed is still the one its recorder writes through, and the
+ * lookup of recorder.transfer is made once per socket, not once per call. */
 static Journal *journal_of(PyObject *self, long long *sock)
 {
     if (traced_type == NULL || !PyObject_TypeCheck(self, traced_type))
         return NULL;
+    PyObject *id = *(PyObject **)((char *)self + id_offset);
+    int overflow = 0;
+    *sock = id != NULL && PyLong_CheckExact(id) ? PyLong_AsLongLongAndOverflow(id, &overflow) : -1;
+    if (*sock < 0 || overflow) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject **kept = (PyObject **)((char *)self + jnl_offset);
+    if (*kept != NULL && Py_IS_TYPE(*kept, &JournalType) && !((Journal *)*kept)->closed) {
+        Py_INCREF(*kept);
+        return (Journal *)*kept;
+    }
     PyObject *rec = *(PyObject **)((char *)self + rec_offset);
     if (rec == NULL)
         return NULL;
@@ -615,22 +742,14 @@ static Journal *journal_of(PyObject *self, long long *sock)
     Journal *j = NULL;
     if (PyCFunction_Check(tr) && PyCFunction_GET_FUNCTION(tr) == (PyCFunction)(void (*)(void))Journal_transfer) {
         PyObject *owner = PyCFunction_GET_SELF(tr);
-        if (owner != NULL && Py_IS_TYPE(owner, &JournalType)) {
+        if (owner != NULL && Py_IS_TYPE(owner, &JournalType) && !((Journal *)owner)->closed) {
             j = (Journal *)owner;
-            Py_INCREF(j);
+            Py_INCREF(j); /* the caller's */
+            Py_INCREF(j); /* the slot's */
+            Py_XSETREF(*kept, (PyObject *)j);
         }
     }
     Py_DECREF(tr);
-    if (j == NULL)
-        return NULL;
-    PyObject *id = *(PyObject **)((char *)self + id_offset);
-    int overflow = 0;
-    *sock = id != NULL && PyLong_CheckExact(id) ? PyLong_AsLongLongAndOverflow(id, &overflow) : -1;
-    if (*sock < 0 || overflow) {
-        PyErr_Clear();
-        Py_DECREF(j);
-        return NULL;
-    }
     return j;
 }
 
@@ -661,7 +780,7 @@ static PyObject *python_method(int op, PyObject *self, PyObject *const *args, Py
 }
 
 /* Record the exception being raised by the real call, then leave it set, unchanged. */
-static void record_failure(Journal *j, int op, long long sock, double start, PyObject *self,
+static void record_failure(Journal *j, int op, long long sock, long long start, PyObject *self,
                            PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *type, *value, *tb;
@@ -670,7 +789,7 @@ static void record_failure(Journal *j, int op, long long sock, double start, PyO
     if (tb != NULL && value != NULL)
         PyException_SetTraceback(value, tb);
     PyObject *call_args = PyTuple_New(nargs);
-    PyObject *o_start = PyFloat_FromDouble(start);
+    PyObject *o_start = PyFloat_FromDouble(ns_to_seconds(start));
     PyObject *o_sock = PyLong_FromLongLong(sock);
     PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]);
     if (call_args && o_start && o_sock && o_op && value) {
@@ -698,11 +817,11 @@ static void record_failure(Journal *j, int op, long long sock, double start, PyO
  * stopped journal, a buffer it cannot read as plain bytes): handed to slow(), the Python
  * path, with what the Python method would have passed it. The payload goes as
  * buffer_bytes() gives it: a byte-wise view of the buffer, or None. */
-static void record_slow(Journal *j, int op, long long sock, double start, long long nbytes,
+static void record_slow(Journal *j, int op, long long sock, long long start, long long nbytes,
                         PyObject *payload, const Arg *kv, int nkv)
 {
     PyObject *o_args = PyDict_New(), *o_sock = PyLong_FromLongLong(sock);
-    PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]), *o_start = PyFloat_FromDouble(start);
+    PyObject *o_op = PyUnicode_FromString(OP_NAMES[op]), *o_start = PyFloat_FromDouble(ns_to_seconds(start));
     PyObject *data = NULL;
     if (payload != NULL) {
         PyObject *view = PyMemoryView_FromObject(payload);
@@ -741,10 +860,10 @@ static void record_slow(Journal *j, int op, long long sock, double start, long l
 /* After the real call succeeded: write the record. ``payload`` is the buffer that moved
  * (its first ``nbytes`` bytes), or NULL; ``nbytes`` < 0 means the whole buffer (sendall).
  * The buffer is read once, for its length and its bytes alike. */
-static void record_success(Journal *j, int op, long long sock, double start, long long nbytes,
+static void record_success(Journal *j, int op, long long sock, long long start, long long nbytes,
                            PyObject *payload, const Arg *kv, int nkv)
 {
-    double end = now_seconds();
+    long long end = now_ns();
     Py_buffer data;
     int need_buffer = payload != NULL && (j->payload || nbytes < 0);
     if (j->closed || j->stopped || j->held) {
@@ -785,13 +904,13 @@ static PyObject *call_real(int op, PyObject *self, PyObject *const *args, Py_ssi
  * journal (a new reference) when the caller is to record the result; when it is NULL,
  * the result (or NULL for an exception) is the caller's to return as it is. */
 static PyObject *timed_call(int op, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-                            PyObject *kw, Journal **jp, long long *sock, double *start)
+                            PyObject *kw, Journal **jp, long long *sock, long long *start)
 {
     *jp = NULL;
     Journal *j = journal_of(self, sock);
     if (j == NULL)
         return python_method(op, self, args, nargs, kw);
-    *start = now_seconds();
+    *start = now_ns();
     PyObject *result = call_real(op, self, args, nargs);
     if (result == NULL) {
         record_failure(j, op, *sock, *start, self, args, nargs);
@@ -816,7 +935,7 @@ static PyObject *traced_send_common(int op, PyObject *self, PyObject *const *arg
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
     long long sock, flags = 0;
-    double start;
+    long long start;
     Journal *j;
     if (kwnames != NULL || nargs < 1 || nargs > 2 || (nargs == 2 && !small_int(args[1], &flags)))
         return python_method(op, self, args, nargs, kwnames);
@@ -847,7 +966,7 @@ static PyObject *traced_sendall(PyObject *self, PyObject *const *args, Py_ssize_
 static PyObject *traced_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     long long sock, bufsize, flags = 0;
-    double start;
+    long long start;
     Journal *j;
     if (kw != NULL || nargs < 1 || nargs > 2 || !small_int(args[0], &bufsize) ||
         (nargs == 2 && !small_int(args[1], &flags)))
@@ -867,7 +986,7 @@ static PyObject *traced_recv_into(PyObject *self, PyObject *const *args, Py_ssiz
                                   PyObject *kw)
 {
     long long sock, want = 0, flags = 0;
-    double start;
+    long long start;
     Journal *j;
     if (kw != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !small_int(args[1], &want)) ||
         (nargs == 3 && !small_int(args[2], &flags)))
@@ -917,9 +1036,9 @@ static PyObject *socket_methods(PyObject *module, PyObject *const *args, Py_ssiz
         return NULL;
     }
     PyTypeObject *tt = (PyTypeObject *)args[0];
-    Py_ssize_t offsets[2];
-    PyObject *names[2] = {str_ts_rec, str_ts_id};
-    for (int i = 0; i < 2; i++) { /* __slots__ members: PyMemberDescr with an offset */
+    Py_ssize_t offsets[3];
+    PyObject *names[3] = {str_ts_rec, str_ts_id, str_ts_jnl};
+    for (int i = 0; i < 3; i++) { /* __slots__ members: PyMemberDescr with an offset */
         PyObject *d = PyDict_GetItemWithError(tt->tp_dict, names[i]);
         if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
             ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
@@ -933,6 +1052,7 @@ static PyObject *socket_methods(PyObject *module, PyObject *const *args, Py_ssiz
     Py_XSETREF(traced_type, tt);
     rec_offset = offsets[0];
     id_offset = offsets[1];
+    jnl_offset = offsets[2];
     PyObject *out = PyDict_New();
     if (out == NULL)
         return NULL;
@@ -985,7 +1105,7 @@ static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
     Py_XSETREF(j->slow, slow);
     Py_INCREF(refill);
     Py_XSETREF(j->refill, refill);
-    j->t0 = t0;
+    j->t0 = seconds_to_ns(t0);
     j->payload = payload;
     return 0;
 }
@@ -1023,6 +1143,8 @@ static PyObject *get_lost(Journal *j, void *c) { return PyLong_FromLongLong(j->l
 static PyObject *get_closed(Journal *j, void *c) { return PyBool_FromLong(j->closed); }
 static PyObject *get_held(Journal *j, void *c) { return PyBool_FromLong(j->held); }
 static PyObject *get_needs(Journal *j, void *c) { return PyBool_FromLong(needs_window(j)); }
+static PyObject *get_waiting(Journal *j, void *c) { return PyLong_FromSsize_t(j->pend_len); }
+static PyObject *get_failure(Journal *j, void *c) { return PyLong_FromLong(j->prep_errno); }
 
 static int set_held(Journal *j, PyObject *v, void *c)
 {
@@ -1043,6 +1165,9 @@ static PyGetSetDef Journal_getset[] = {
     {"closed", (getter)get_closed, NULL, "detached", NULL},
     {"held", (getter)get_held, (setter)set_held, "send every transfer to slow()", NULL},
     {"needs_window", (getter)get_needs, NULL, "whether add_window() is due", NULL},
+    {"waiting", (getter)get_waiting, NULL, "bytes of lines waiting for a window", NULL},
+    {"failure", (getter)get_failure, NULL,
+     "errno of a failure to make pages ready (no space), or 0", NULL},
     {NULL},
 };
 
@@ -1052,7 +1177,7 @@ static PyMethodDef Journal_methods[] = {
     {"append_call", (PyCFunction)Journal_append_call, METH_O, "append_call(line) -> seq"},
     {"append_raw", (PyCFunction)Journal_append_raw, METH_O, "append_raw(line)"},
     {"add_window", (PyCFunction)(void (*)(void))Journal_add_window, METH_FASTCALL,
-     "add_window(buffer, pos=0)"},
+     "add_window(buffer, pos=0, ready=-1)"},
     {"detach", (PyCFunction)Journal_detach, METH_NOARGS, "detach() -> (written, waiting)"},
     {"stop", (PyCFunction)Journal_stop, METH_NOARGS, "stop(): every later transfer to slow()"},
     {NULL},
@@ -1087,10 +1212,12 @@ PyMODINIT_FUNC PyInit__journal(void)
     if (PyType_Ready(&JournalType) < 0)
         return NULL;
     b64_init();
+    mmap_page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
     str_ts_rec = PyUnicode_InternFromString("_ts_rec");
     str_ts_id = PyUnicode_InternFromString("_ts_id");
+    str_ts_jnl = PyUnicode_InternFromString("_ts_jnl");
     str_transfer = PyUnicode_InternFromString("transfer");
-    if (str_ts_rec == NULL || str_ts_id == NULL || str_transfer == NULL)
+    if (str_ts_rec == NULL || str_ts_id == NULL || str_ts_jnl == NULL || str_transfer == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&journal_module);
     if (m == NULL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import datetime
+import errno
 import os
 import platform
 import re
@@ -229,7 +230,11 @@ class Recorder:
             journal, sink = self._journal, self._sink
             if journal is None or not isinstance(sink, MmapSink) or not journal.needs_window:
                 return
-            journal.add_window(sink.map_next())
+            if journal.failure:  # no room for the pages of the trace: a full disk
+                raise OSError(errno.ENOSPC, "no space left for the trace "
+                              f"({os.strerror(journal.failure)} making its pages ready)")
+            window, ready = sink.map_next(journal.waiting)
+            journal.add_window(window, 0, ready)
         except Exception as exc:  # a full disk: every later write fails with this
             self._refill_error = exc  # (_put_call raises it)
             if self._journal is not None:

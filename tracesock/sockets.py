@@ -105,7 +105,8 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
     that trace's recorder, so existing code needs no change.
     """
 
-    __slots__ = ("_ts_close_pending", "_ts_id", "_ts_rec")
+    # _ts_jnl: the compiled journal's own slot (see journal_of() in _journal.c).
+    __slots__ = ("_ts_close_pending", "_ts_id", "_ts_jnl", "_ts_rec")
     _ts_recorder: Recorder | None = None
     _stand_in = False
 

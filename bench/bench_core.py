@@ -286,8 +286,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         bulk_blocks = 512 if quick else 4096  # of 64 KiB: 32 MiB or 256 MiB
         reps = 3 if quick else 5
         # A bulk run is over in about 0.1 s, where a burst of noise on this VM moves a
-        # single figure by +-5 %: more of them for a steady median.
-        bulk_reps = 3 if quick else 9
+        # single figure by +-5 % (medians of 9 still moved by +-2 %): more of them.
+        bulk_reps = 3 if quick else 15
         results: dict[str, Any] = {"pingpong_rounds": rounds, "pingpong_message": 64,
                                    "bulk_bytes": bulk_blocks * 65536, "bulk_write": 65536,
                                    "repetitions": reps, "bulk_repetitions": bulk_reps,

@@ -261,13 +261,18 @@ def test_output_pipe_closed_by_its_reader_stops_tracing(tmp_path: Path,
     assert len(warnings) == 1 and warnings[0].startswith(WARNING), traced.stderr
 
 
-def test_payload_survives_kill_byte_for_byte(tmp_path: Path, program: Path) -> None:
+@pytest.mark.parametrize("size", [1000, 20000])  # lines copied into the map; pwrite()
+def test_payload_survives_kill_byte_for_byte(tmp_path: Path, program: Path,
+                                             size: int) -> None:
     # What SIGKILL leaves is not only parseable: each recorded payload is the bytes sent.
     out = tmp_path / "k.jsonl"
-    _signalled(_traced(out, program, "kill", "1000000", "1000"), signal.SIGKILL, "999")
+    _signalled(_traced(out, program, "kill", "1000000", str(size)), signal.SIGKILL, "999")
     trace = tracesock.load(str(out))
+    sent = 0
     for ev in trace.events:
         if ev.op == "sendall" and ev.data_b64 is not None:
             data = base64.b64decode(ev.data_b64)
-            assert len(data) == ev.nbytes == 1000
-            assert data == f"{int(data[:8]):08d}".encode().ljust(1000, b".")
+            assert len(data) == ev.nbytes == size
+            assert data == f"{int(data[:8]):08d}".encode().ljust(size, b".")
+            sent += 1
+    assert sent >= 1000

@@ -241,28 +241,36 @@ def _allocated_and_written(path: Path) -> tuple[int, int]:
 
 
 @needs_compiled
-def test_pages_are_made_ready_just_ahead_of_the_writer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("block", "rounds"), [(2048, 700), (20000, 300)])
+def test_pages_are_made_ready_just_ahead_of_the_writer(tmp_path: Path, block: int,
+                                                       rounds: int) -> None:
     # Each page made ready costs ~2 us whether a line lands there or not: a trace being
     # written holds little more than its lines (windows made ready whole, growing to
-    # 32 MiB, held 7 MiB here). The lines themselves stay intact across every step.
+    # 32 MiB, held 7 MiB for the first case). 2 KiB payloads make lines that are copied
+    # into the mapping; 20,000 bytes make lines long enough to go in with pwrite(), here
+    # mixed with short ones (the receiver takes odd sizes) and across the 8 MiB windows.
     path = tmp_path / "t.jsonl"
-    block = bytes(range(256)) * 8
+    payload = bytes(range(256)) * (block // 256) + b"!" * (block % 256)
     with tracesock.trace(str(path), compiled=True) as tr:
         assert tr.recorder.compiled
         a, b = socket.socketpair()
         with a, b:
-            for _ in range(700):
-                a.sendall(block)
+            for i in range(rounds):
+                a.sendall(payload)
                 got = b""
-                while len(got) < len(block):
-                    got += b.recv(len(block) - len(got))
+                while len(got) < len(payload):
+                    got += b.recv(min(len(payload) - len(got), 100 + 997 * (i % 30)))
+                assert got == payload
             allocated, written = _allocated_and_written(path)
     assert written > 3 << 20
     assert allocated <= written + (3 << 19), (allocated, written)
     trace = tracesock.load(str(path))
     assert trace.complete and trace.warnings == []
+    assert [e.seq for e in trace.events] == list(range(1, len(trace.events) + 1))
     sent = [e for e in trace.events if e.op == "sendall"]
-    assert len(sent) == 700 and all(e.data == block for e in sent)
+    assert len(sent) == rounds and all(e.data == payload for e in sent)
+    received = b"".join(e.data or b"" for e in trace.events if e.op == "recv")
+    assert received == payload * rounds
 
 
 @needs_compiled

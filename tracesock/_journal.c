@@ -41,6 +41,11 @@
  * step ahead of the writer: madvise(MADV_POPULATE_WRITE) reserves them (a full disk is
  * an error here, never a SIGBUS on a store) and maps them writable. */
 #define READY_STEP (256 << 10)
+/* A line this long goes into the file with pwrite() rather than through the mapping: the
+ * kernel then fills fresh page cache pages with the line instead of zeroing them first
+ * and mapping them, about half the cost per page. It is in the file the moment pwrite()
+ * returns, as a line copied into the mapping is: a killed process loses neither. */
+#define PWRITE_MIN 4096
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -53,6 +58,7 @@ typedef struct {
     Py_buffer next; /* the window after it, when ready */
     Py_ssize_t next_end;
     int prep_errno; /* why getting pages ready failed (a full disk): no more windows */
+    int fd; /* the trace file, for long lines (-1: none) */
     long long written; /* bytes in the file so far (window bases + positions) */
     long long seq;
     long long t0; /* the trace's start, ns */
@@ -318,10 +324,44 @@ static int pend_append(Journal *j, const char *p, Py_ssize_t n)
     return 0;
 }
 
+/* Write a long line with pwrite() at the file offset of pos, when it lies in the
+ * current window (whose range of the file is there, reserved or sparse); 1 when done.
+ * The pages it lands on are then in the page cache: stores to them cannot fault for
+ * want of space, so they count as ready. */
+static int put_through_file(Journal *j, const char *p, Py_ssize_t n)
+{
+    if (j->fd < 0 || j->pend_len != 0 || j->cur.obj == NULL || j->prep_errno != 0 ||
+        j->pos + n > j->cur.len)
+        return 0;
+    Py_ssize_t done = 0;
+    while (done < n) {
+        ssize_t k = pwrite(j->fd, p + done, (size_t)(n - done), (off_t)(j->written + done));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) { /* a full disk: the mapping's way will meet it too */
+            j->prep_errno = k < 0 ? errno : EIO;
+            return 0;
+        }
+        done += k;
+    }
+    j->pos += n;
+    j->written += n;
+    Py_ssize_t page_end = (j->pos + mmap_page - 1) / mmap_page * mmap_page;
+    if (page_end > j->cur.len)
+        page_end = j->cur.len;
+    if (page_end > j->end)
+        j->end = page_end;
+    if (j->pos == j->cur.len)
+        drop_cur(j);
+    return 1;
+}
+
 /* Copy n bytes to the end of the file: the current window, the next ones, or the
  * private buffer when there is no window (always after what is already waiting). */
 static int put(Journal *j, const char *p, Py_ssize_t n)
 {
+    if (n >= PWRITE_MIN && put_through_file(j, p, n))
+        return 0;
     while (n > 0 && j->pend_len == 0 && j->cur.obj != NULL) {
         Py_ssize_t room = writable(j, n);
         Py_ssize_t k = n < room ? n : room;
@@ -361,12 +401,11 @@ static void ask_refill(Journal *j)
     j->asked = 0; /* answered, or to be asked again by the next write */
 }
 
-/* After each write: make the next step of the window ready when the writer is close to
- * the end of the ready pages, and ask for the next window when this one is half used. */
+/* After each write: ask for the next window when this one is half used. (Pages are
+ * made ready when a line needs them, not ahead: the next lines may be long ones, which
+ * go through pwrite() and need none.) */
 static void after_write(Journal *j)
 {
-    if (j->cur.obj != NULL && j->end < j->cur.len && j->end - j->pos < READY_STEP / 2)
-        ready_step(j);
     if (wants_window(j))
         ask_refill(j);
 }
@@ -374,7 +413,8 @@ static void after_write(Journal *j)
 /* Room for a line being formatted: in the window when it fits there, else scratch. */
 static char *line_buffer(Journal *j, Py_ssize_t total, int *direct)
 {
-    if (j->pend_len == 0 && j->cur.obj != NULL && writable(j, total) >= total) {
+    if (total < PWRITE_MIN && j->pend_len == 0 && j->cur.obj != NULL &&
+        writable(j, total) >= total) {
         *direct = 1;
         return (char *)j->cur.buf + j->pos;
     }
@@ -1091,11 +1131,12 @@ static PyMethodDef module_methods[] = {
 
 static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"slow", "refill", "t0", "payload", NULL};
+    static char *kwlist[] = {"slow", "refill", "t0", "payload", "fd", NULL};
     PyObject *slow, *refill;
     double t0;
-    int payload = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd|p", kwlist, &slow, &refill, &t0, &payload))
+    int payload = 1, fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd|pi", kwlist, &slow, &refill, &t0, &payload,
+                                     &fd))
         return -1;
     if (!PyCallable_Check(slow) || !PyCallable_Check(refill)) {
         PyErr_SetString(PyExc_TypeError, "slow and refill must be callable");
@@ -1107,7 +1148,16 @@ static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
     Py_XSETREF(j->refill, refill);
     j->t0 = seconds_to_ns(t0);
     j->payload = payload;
+    j->fd = fd < 0 ? -1 : fd;
     return 0;
+}
+
+static PyObject *Journal_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Journal *j = (Journal *)PyType_GenericNew(type, args, kwds);
+    if (j != NULL)
+        j->fd = -1;
+    return (PyObject *)j;
 }
 
 static int Journal_traverse(Journal *j, visitproc visit, void *arg)
@@ -1189,7 +1239,7 @@ static PyTypeObject JournalType = {
     .tp_basicsize = sizeof(Journal),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Numbers, formats and writes trace lines into mapped windows of the file.",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Journal_new,
     .tp_init = (initproc)Journal_init,
     .tp_dealloc = (destructor)Journal_dealloc,
     .tp_traverse = (traverseproc)Journal_traverse,

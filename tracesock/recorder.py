@@ -213,7 +213,8 @@ class Recorder:
         sink = self._sink
         if not self._compiled or not isinstance(sink, MmapSink):
             return
-        journal = Journal(self._transfer_py, self._refill, self._t0, self.payload)
+        journal = Journal(self._transfer_py, self._refill, self._t0, self.payload,
+                          sink.fileno())
         window, pos = sink.hand_over()
         self._journal = journal  # first: add_window asks _refill for the next window
         journal.add_window(window, pos)

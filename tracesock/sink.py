@@ -133,6 +133,10 @@ class MmapSink:
         # ValueError (writing nothing) when the window has no room left for it.
         self.write = window.write
 
+    def fileno(self) -> int:
+        """The file's descriptor (for the journal's long lines, written with pwrite())."""
+        return self._fd
+
     @property
     def written(self) -> int:
         """Bytes of lines in the file so far."""

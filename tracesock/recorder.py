@@ -233,7 +233,7 @@ class Recorder:
                 return
             if journal.failure:  # no room for the pages of the trace: a full disk
                 raise OSError(errno.ENOSPC, "no space left for the trace "
-                              f"({os.strerror(journal.failure)} making its pages ready)")
+                              f"({os.strerror(journal.failure)})")
             window, ready = sink.map_next(journal.waiting)
             journal.add_window(window, 0, ready)
         except Exception as exc:  # a full disk: every later write fails with this

@@ -312,7 +312,8 @@ class TraceReader:
             raise _fail(self.path, lineno, "unexpected NUL bytes in the middle of the trace")
         if partial.strip():
             self.warnings.append(f"{self.path}:{lineno}: last line is incomplete (the traced "
-                                 "process was killed mid-write); it was dropped")
+                                 "process was killed mid-write, or its disk was full); "
+                                 "it was dropped")
         else:
             self.warnings.append(f"{self.path}: the trace was not closed cleanly "
                                  "(process killed?); all complete lines are kept")

@@ -16,11 +16,13 @@ setup: venv
 
 # Debian packages: libpcap for scapy's BPF filters, tshark for pyshark and the
 # independent reading of captures, a C compiler and Python's headers for the compiled
-# journal (tracesock/_journal.c). Installed non-interactively, only when missing.
+# journal (tracesock/_journal.c), mkfs.ext4 for the full-disk tests' small file system.
+# Installed non-interactively, only when missing.
 $(VENV)/.stamp-system:
 	@missing=""; for p in $(SYS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv python3-pip"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	command -v mkfs.ext4 >/dev/null 2>&1 || missing="$$missing e2fsprogs"; \
 	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \

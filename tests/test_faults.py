@@ -222,6 +222,72 @@ def test_disk_full_stops_tracing_with_one_warning(tmp_path: Path, program: Path)
         assert 0 < len(rounds) < 3000 and rounds == list(range(len(rounds)))
 
 
+@contextlib.contextmanager
+def _small_ext4_with_1k_blocks(where: Path) -> Iterator[Path]:
+    """An 8 MB ext4 with 1 KiB blocks (a page spans four), loop-mounted at ``where``."""
+    image = where.with_suffix(".img")
+    with open(image, "wb") as f:
+        f.truncate(8 << 20)
+    try:
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", str(image)],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot make an ext4 file system: {exc}")
+    if made.returncode != 0:
+        pytest.skip(f"cannot make an ext4 file system: {made.stderr.strip()}")
+    where.mkdir()
+    done = subprocess.run(["mount", "-o", "loop", str(image), str(where)],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot loop-mount an image: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+# A long line (written with pwrite()) ends part-way into a page; the disk then fills up;
+# then short lines go into the rest of that page through the mapping. With blocks smaller
+# than a page, that rest had no block yet: a store there was a SIGBUS on a full disk.
+FILL_AFTER_LONG_LINE = r'''
+import os, socket, sys
+where = sys.argv[1]
+a, b = socket.socketpair()
+a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # one thread: all fits
+b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+a.sendall(b"z" * 800_000)
+got = 0
+while got < 800_000:
+    got += len(b.recv(1 << 20))
+with open(os.path.join(where, "filler"), "wb", buffering=0) as f:
+    for chunk in (1 << 20, 1 << 16, 4096, 1024, 1):
+        try:
+            while True:
+                f.write(b"\1" * chunk)
+        except OSError:
+            pass
+for i in range(50):
+    a.sendall(b"s" * 100)
+    b.recv(100)
+print("survived")
+'''
+
+
+def test_full_disk_after_a_long_line_is_no_sigbus(tmp_path: Path) -> None:
+    script = tmp_path / "fill.py"
+    script.write_text(FILL_AFTER_LONG_LINE)
+    with _small_ext4_with_1k_blocks(tmp_path / "disk") as disk:
+        out = disk / "t.jsonl"
+        traced = _run([sys.executable, "-m", "tracesock", "run", "-o", str(out),
+                       str(script), str(disk)])
+        assert traced.returncode == 0, traced.stderr
+        assert traced.stdout == "survived\n"
+        trace = tracesock.load(str(out))
+        assert [e.seq for e in trace.events] == list(range(1, len(trace.events) + 1))
+        sent = [e for e in trace.events if e.op == "sendall"]
+        assert sent[0].nbytes == 800_000 and sent[0].data == b"z" * 800_000
+
+
 def test_nearly_full_disk_still_traces_a_small_program(tmp_path: Path,
                                                       program: Path) -> None:
     args = ("exit3", "200")

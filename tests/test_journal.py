@@ -274,6 +274,28 @@ def test_pages_are_made_ready_just_ahead_of_the_writer(tmp_path: Path, block: in
 
 
 @needs_compiled
+def test_a_header_longer_than_the_first_window_leaves_the_file_in_order(
+        tmp_path: Path) -> None:
+    # The header (here a 1.2 MB argv) spills into a second window before the journal
+    # takes over: its file offsets count from where that window starts.
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path), compiled=True, argv=["a" * 1_200_000]) as tr:
+        assert tr.recorder.compiled
+        a, b = socket.socketpair()
+        with a, b:
+            for _ in range(3):
+                a.sendall(b"y" * 10000)  # a line long enough for pwrite()
+                assert b.recv(10000) == b"y" * 10000
+            a.sendall(b"short")
+            assert b.recv(5) == b"short"
+    trace = tracesock.load(str(path))
+    assert trace.complete and trace.warnings == []
+    assert [e.op for e in trace.events if e.op in ("sendall", "recv")] == \
+        ["sendall", "recv"] * 4
+    assert [e.data for e in trace.events if e.op == "recv"][-1] == b"short"
+
+
+@needs_compiled
 def test_each_record_names_the_thread_that_made_the_call(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     idents: dict[int, int] = {}  # socket id -> threading.get_ident() of its user

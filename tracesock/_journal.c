@@ -29,6 +29,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <time.h>
@@ -208,7 +209,9 @@ static double ns_to_seconds(long long ns) { return (double)ns / 1e9; }
 
 static long long seconds_to_ns(double s)
 {
-    if (!(s == s) || s > 9.0e9 || s < -9.0e9) /* NaN or absurd: keep it a number */
+    /* NaN or absurd (a monotonic clock is not 126 years on): keep it a number, and the
+     * difference of two of them within a long long */
+    if (!(s == s) || s > 4.0e9 || s < -4.0e9)
         return 0;
     double ns = s * 1e9;
     return (long long)(ns < 0 ? ns - 0.5 : ns + 0.5);
@@ -346,12 +349,23 @@ static int put_through_file(Journal *j, const char *p, Py_ssize_t n)
     }
     j->pos += n;
     j->written += n;
-    Py_ssize_t page_end = (j->pos + mmap_page - 1) / mmap_page * mmap_page;
-    if (page_end > j->cur.len)
-        page_end = j->cur.len;
-    if (page_end > j->end)
-        j->end = page_end;
-    if (j->pos == j->cur.len)
+    if (j->pos > j->end) {
+        /* The pages the line filled are in the page cache; the one it ends in may not
+         * be whole (a file system's blocks can be smaller than a page): made ready
+         * like any other, or else the window ends with the line. */
+        Py_ssize_t whole = j->pos / mmap_page * mmap_page;
+        Py_ssize_t page_end = whole + mmap_page < j->cur.len ? whole + mmap_page : j->cur.len;
+        if (whole == j->pos)
+            j->end = j->pos;
+        else if (madvise((char *)j->cur.buf + whole, (size_t)(page_end - whole),
+                         MADV_POPULATE_WRITE) == 0)
+            j->end = page_end;
+        else {
+            j->prep_errno = errno ? errno : EIO;
+            j->end = j->pos;
+        }
+    }
+    if (j->pos == cur_limit(j))
         drop_cur(j);
     return 1;
 }
@@ -716,6 +730,13 @@ static PyObject *Journal_detach(Journal *j, PyObject *Py_UNUSED(ignored))
     PyMem_RawFree(j->pend);
     j->pend = NULL;
     j->pend_len = j->pend_cap = 0;
+    PyMem_RawFree(j->scratch);
+    j->scratch = NULL;
+    j->scratch_cap = 0;
+    if (j->fd >= 0) {
+        close(j->fd);
+        j->fd = -1;
+    }
     if (waiting == NULL)
         return NULL;
     return Py_BuildValue("(LN)", j->written, waiting);
@@ -767,9 +788,12 @@ static Journal *journal_of(PyObject *self, long long *sock)
         return NULL;
     }
     PyObject **kept = (PyObject **)((char *)self + jnl_offset);
-    if (*kept != NULL && Py_IS_TYPE(*kept, &JournalType) && !((Journal *)*kept)->closed) {
-        Py_INCREF(*kept);
-        return (Journal *)*kept;
+    if (*kept != NULL) {
+        if (Py_IS_TYPE(*kept, &JournalType) && !((Journal *)*kept)->closed) {
+            Py_INCREF(*kept);
+            return (Journal *)*kept;
+        }
+        Py_CLEAR(*kept); /* a journal let go of: the socket does not keep it alive */
     }
     PyObject *rec = *(PyObject **)((char *)self + rec_offset);
     if (rec == NULL)
@@ -1131,13 +1155,18 @@ static PyMethodDef module_methods[] = {
 
 static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"slow", "refill", "t0", "payload", "fd", NULL};
+    static char *kwlist[] = {"slow", "refill", "t0", "payload", "fd", "offset", NULL};
     PyObject *slow, *refill;
     double t0;
     int payload = 1, fd = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd|pi", kwlist, &slow, &refill, &t0, &payload,
-                                     &fd))
+    long long offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd|piL", kwlist, &slow, &refill, &t0,
+                                     &payload, &fd, &offset))
         return -1;
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "offset must not be negative");
+        return -1;
+    }
     if (!PyCallable_Check(slow) || !PyCallable_Check(refill)) {
         PyErr_SetString(PyExc_TypeError, "slow and refill must be callable");
         return -1;
@@ -1148,7 +1177,16 @@ static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
     Py_XSETREF(j->refill, refill);
     j->t0 = seconds_to_ns(t0);
     j->payload = payload;
-    j->fd = fd < 0 ? -1 : fd;
+    j->written = offset;
+    if (j->fd >= 0)
+        close(j->fd);
+    j->fd = -1;
+    /* A copy of its own: the program closing the sink's descriptor number behind its
+     * back (os.closerange) cannot turn it into some other file. */
+    if (fd >= 0 && (j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     return 0;
 }
 
@@ -1184,6 +1222,8 @@ static void Journal_dealloc(Journal *j)
         PyBuffer_Release(&j->next);
     PyMem_RawFree(j->pend);
     PyMem_RawFree(j->scratch);
+    if (j->fd >= 0)
+        close(j->fd);
     Journal_clear(j);
     Py_TYPE(j)->tp_free((PyObject *)j);
 }

@@ -15,7 +15,7 @@ class Journal:
     failure: int
     def __init__(
         self, slow: Callable[..., None], refill: Callable[[], None], t0: float,
-        payload: bool = ..., fd: int = ...,
+        payload: bool = ..., fd: int = ..., offset: int = ...,
     ) -> None: ...
     def transfer(
         self, sock: int, op: str, start: float, nbytes: int, data: Any, args: Any,

@@ -213,9 +213,9 @@ class Recorder:
         sink = self._sink
         if not self._compiled or not isinstance(sink, MmapSink):
             return
+        window, start, pos = sink.hand_over()
         journal = Journal(self._transfer_py, self._refill, self._t0, self.payload,
-                          sink.fileno())
-        window, pos = sink.hand_over()
+                          sink.fileno(), start)
         self._journal = journal  # first: add_window asks _refill for the next window
         journal.add_window(window, pos)
         self.transfer = journal.transfer
@@ -231,9 +231,10 @@ class Recorder:
             journal, sink = self._journal, self._sink
             if journal is None or not isinstance(sink, MmapSink) or not journal.needs_window:
                 return
-            if journal.failure:  # no room for the pages of the trace: a full disk
-                raise OSError(errno.ENOSPC, "no space left for the trace "
-                              f"({os.strerror(journal.failure)})")
+            if journal.failure:  # the trace's pages could not be had: a full disk...
+                # (madvise's EFAULT: populating would have raised SIGBUS, for want of space)
+                err = errno.ENOSPC if journal.failure == errno.EFAULT else journal.failure
+                raise OSError(err, os.strerror(err))
             window, ready = sink.map_next(journal.waiting)
             journal.add_window(window, 0, ready)
         except Exception as exc:  # a full disk: every later write fails with this

@@ -5,10 +5,11 @@ Theory of operation. The trace must lose nothing on SIGTERM, an uncaught excepti
 event costs a system call on the traced program's hot path. A shared memory map gives
 both: each line is copied into page cache pages that belong to the kernel the moment
 the copy finishes, so a killed process leaves every finished line in the file. Space is
-reserved ahead with ``posix_fallocate`` (so a full disk is an ``OSError`` at reservation
-time, never a SIGBUS on a page store), and ``close()`` cuts the file back to the bytes
-written. A process that died without ``close()`` leaves zero bytes after the last
-line; the reader treats them as the end of the trace and says the run was cut short.
+reserved before any store (``posix_fallocate`` here, ``madvise(MADV_POPULATE_WRITE)`` in
+the compiled journal), so a full disk is an ``OSError`` at reservation time, never a
+SIGBUS on a page store; ``close()`` cuts the file back to the bytes written. A process
+that died without ``close()`` leaves zero bytes after the last line; the reader treats
+them as the end of the trace and says the run was cut short.
 
 Files that cannot be mapped (a pipe, /dev/stdout) get a plain ``os.write`` per line.
 
@@ -17,8 +18,8 @@ With the compiled journal (recorder.py, _journal.c), the sink only maps the wind
 (:meth:`MmapSink.finish`); the journal copies the lines into them. It asks for the next
 window when the current one is half used, so a line waits in process memory only if a
 window could not be mapped in that time. Those windows are mapped over a sparse
-extension of the file, and the journal makes their pages ready itself, a little ahead
-of its writes, with ``madvise(MADV_POPULATE_WRITE)``: that reserves the space as
+extension of the file, and the journal makes their pages ready itself, 256 KiB at a time
+as its writes reach them, with ``madvise(MADV_POPULATE_WRITE)``: that reserves the space as
 ``posix_fallocate`` would (a full disk is an error from madvise, never a SIGBUS), and no
 more pages are paid for than the trace needs.
 """
@@ -181,13 +182,14 @@ class MmapSink:
 
     # -- handing the windows to a journal (recorder.py's compiled path) -----------------
 
-    def hand_over(self) -> tuple[mmap.mmap, int]:
-        """Give up the current window and its write position: from now on the caller
-        writes the lines, into this window and those from :meth:`map_next`."""
+    def hand_over(self) -> tuple[mmap.mmap, int, int]:
+        """Give up the current window: return it, the file offset where it starts and
+        the write position in it. From now on the caller writes the lines, into this
+        window and those from :meth:`map_next`."""
         window, self._window = self._window, None
         assert window is not None
         self.write = self._handed_over
-        return window, window.tell()
+        return window, self._window_start, window.tell()
 
     def _handed_over(self, line: bytes) -> None:
         raise ValueError("this sink's windows were handed over to a journal")

@@ -189,19 +189,24 @@ def test_uncaught_exception_loses_nothing(tmp_path: Path, program: Path) -> None
 
 
 @contextlib.contextmanager
-def _small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+def _mounted(where: Path, *mount_args: str) -> Iterator[Path]:
+    """``mount *mount_args where`` for the block (skipped where mounting is refused)."""
     where.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                               str(where)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["mount", *mount_args, str(where)], capture_output=True,
+                              text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a tmpfs: {exc}")
+        pytest.skip(f"cannot mount {mount_args[-1]}: {exc}")
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        pytest.skip(f"cannot mount {mount_args[-1]}: {done.stderr.strip()}")
     try:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def _small_tmpfs(where: Path, size: str) -> contextlib.AbstractContextManager[Path]:
+    return _mounted(where, "-t", "tmpfs", "-o", f"size={size}", "tmpfs")
 
 
 def test_disk_full_stops_tracing_with_one_warning(tmp_path: Path, program: Path) -> None:
@@ -235,15 +240,8 @@ def _small_ext4_with_1k_blocks(where: Path) -> Iterator[Path]:
         pytest.skip(f"cannot make an ext4 file system: {exc}")
     if made.returncode != 0:
         pytest.skip(f"cannot make an ext4 file system: {made.stderr.strip()}")
-    where.mkdir()
-    done = subprocess.run(["mount", "-o", "loop", str(image), str(where)],
-                          capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        pytest.skip(f"cannot loop-mount an image: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+    with _mounted(where, "-o", "loop", str(image)) as mounted:
+        yield mounted
 
 
 # A long line (written with pwrite()) ends part-way into a page; the disk then fills up;

@@ -232,6 +232,24 @@ def test_a_window_not_ready_to_the_page_is_refused() -> None:
         fresh.add_window(bytearray(3 * 4096), 0, 100)
 
 
+@needs_compiled
+def test_a_journal_is_initialized_once_and_needs_no_descriptor() -> None:
+    from tracesock._journal import Journal
+
+    windows = Windows(64 << 10)
+    # No descriptor of its own to be had (here: a bad one): long lines go through the
+    # windows like the others.
+    journal = Journal(lambda *a: None, windows.refill, 100.0, True, 1 << 30)
+    windows.journal = journal
+    windows.give()
+    with pytest.raises(RuntimeError, match="once"):
+        journal.__init__(lambda *a: None, windows.refill, 0.0)  # type: ignore[misc]
+    journal.transfer(1, "sendall", 100.5, 9000, b"L" * 9000, {})
+    written, waiting = journal.detach()
+    line = orjson.loads(windows.file(written, waiting))
+    assert line["seq"] == 1 and base64.b64decode(line["data"]) == b"L" * 9000
+
+
 def _allocated_and_written(path: Path) -> tuple[int, int]:
     """Bytes the file system holds for ``path``, and bytes of lines in it so far (a
     trace being written ends in zeros)."""

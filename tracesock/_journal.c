@@ -1167,6 +1167,10 @@ static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "offset must not be negative");
         return -1;
     }
+    if (j->slow != NULL) { /* its file offsets and windows are not to be reset */
+        PyErr_SetString(PyExc_RuntimeError, "a Journal is initialized once");
+        return -1;
+    }
     if (!PyCallable_Check(slow) || !PyCallable_Check(refill)) {
         PyErr_SetString(PyExc_TypeError, "slow and refill must be callable");
         return -1;
@@ -1178,15 +1182,10 @@ static int Journal_init(Journal *j, PyObject *args, PyObject *kwds)
     j->t0 = seconds_to_ns(t0);
     j->payload = payload;
     j->written = offset;
-    if (j->fd >= 0)
-        close(j->fd);
-    j->fd = -1;
     /* A copy of its own: the program closing the sink's descriptor number behind its
-     * back (os.closerange) cannot turn it into some other file. */
-    if (fd >= 0 && (j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
+     * back (os.closerange) cannot turn it into some other file. Without one (no
+     * descriptor left), long lines go through the mapping like the others. */
+    j->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     return 0;
 }
 

@@ -329,8 +329,8 @@ static int pend_append(Journal *j, const char *p, Py_ssize_t n)
 
 /* Write a long line with pwrite() at the file offset of pos, when it lies in the
  * current window (whose range of the file is there, reserved or sparse); 1 when done.
- * The pages it lands on are then in the page cache: stores to them cannot fault for
- * want of space, so they count as ready. */
+ * The pages it fills are then in the page cache, with their blocks: stores to them
+ * cannot fault for want of space. The page it ends in is made ready like any other. */
 static int put_through_file(Journal *j, const char *p, Py_ssize_t n)
 {
     if (j->fd < 0 || j->pend_len != 0 || j->cur.obj == NULL || j->prep_errno != 0 ||

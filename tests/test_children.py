@@ -193,6 +193,12 @@ def test_multiprocessing_children_are_traced(tmp_path: Path, echo_server: tuple[
         assert ops[start:start + 4] == ["socket", "connect", "sendall", "recv"]
 
 
+def tracesock_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m tracesock ARGS`` in a process of its own, output captured."""
+    return subprocess.run([sys.executable, "-m", "tracesock", *args], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+
 def test_cli_follow_children_show_and_stats(tmp_path: Path,
                                             echo_server: tuple[str, int]) -> None:
     script = tmp_path / "prog.py"
@@ -204,20 +210,16 @@ def test_cli_follow_children_show_and_stats(tmp_path: Path,
         "subprocess.run([sys.executable, '-c', code, *sys.argv[1:]], check=True)\n"
         "c = socket.create_connection(addr); c.sendall(b'top'); c.recv(9); c.close()\n")
     out = tmp_path / "t.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "tracesock", "run", "--follow-children",
-                          "-o", str(out), str(script), *map(str, echo_server)],
-                         capture_output=True, text=True, env=env, timeout=60)
+    run = tracesock_cli("run", "--follow-children", "-o", str(out), str(script),
+                        *map(str, echo_server))
     assert run.returncode == 0, run.stderr
     calls = [r for r in lines(out) if r["type"] == "call"]
     assert len({c["pid"] for c in calls}) == 2
-    show = subprocess.run([sys.executable, "-m", "tracesock", "show", str(out)],
-                          capture_output=True, text=True, env=env, timeout=60)
+    show = tracesock_cli("show", str(out))
     assert show.returncode == 0, show.stderr
     assert {line.split()[3] for line in show.stdout.splitlines()} == \
         {str(c["pid"]) for c in calls}
-    stats = subprocess.run([sys.executable, "-m", "tracesock", "stats", "--json", str(out)],
-                           capture_output=True, text=True, env=env, timeout=60)
+    stats = tracesock_cli("stats", "--json", str(out))
     assert stats.returncode == 0, stats.stderr
     assert len(json.loads(stats.stdout)["pids"]) == 2
     assert not list(tmp_path.glob(".tracesock-children-*"))  # merged and removed
@@ -302,9 +304,7 @@ def test_cli_forked_child_that_exits_normally(tmp_path: Path) -> None:
         "socket.socket().close()\n"
         "print('done')\n")
     out = tmp_path / "t.jsonl"
-    run = subprocess.run([sys.executable, "-m", "tracesock", "run", "--follow-children",
-                          "-o", str(out), str(script)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    run = tracesock_cli("run", "--follow-children", "-o", str(out), str(script))
     assert (run.returncode, run.stdout, run.stderr) == (0, "done\n", "")
     recs = lines(out)
     kid = next(p for p in recs[0]["processes"] if p["forked"])
@@ -362,12 +362,10 @@ def test_a_child_outliving_the_program_is_in_the_final_trace(tmp_path: Path,
         "with socket.create_connection((host, int(port))) as c:\n"
         "    c.sendall(b'top')\n")
     out = tmp_path / "t.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with srv:
-        run = subprocess.run([sys.executable, "-m", "tracesock", "run", "--follow-children",
-                              "-o", str(out), str(script), "127.0.0.1",
-                              str(srv.getsockname()[1]), start, str(fifo), _WAITING_CHILD],
-                             capture_output=True, text=True, env=env, timeout=60)
+        run = tracesock_cli("run", "--follow-children", "-o", str(out), str(script),
+                            "127.0.0.1", str(srv.getsockname()[1]), start, str(fifo),
+                            _WAITING_CHILD)
         assert run.returncode == 0, run.stderr
         first, _ = srv.accept()
         if start == "before":  # the child connected first

@@ -56,17 +56,31 @@ def read_request(s: ssl.SSLSocket) -> bytes | None:
     return req
 
 
+def server_context(ca: trustme.CA, *names: str, untraced: bool = False) -> ssl.SSLContext:
+    """A server-side context with a certificate for ``names``; ``untraced``: its sockets
+    are ssl.SSLSocket whatever tracing swaps in (the other end of a traced client)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(ctx)
+    if untraced:
+        ctx.sslsocket_class = ssl.SSLSocket
+    return ctx
+
+
+def untraced_listener() -> socket.socket:
+    """A listening socket on 127.0.0.1 of the original class: never traced."""
+    lst = _ORIGINAL_SOCKET()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    return lst
+
+
 class TLSServer:
     """An HTTPS-ish server on 127.0.0.1, untraced even inside a trace (it builds its
     accepted sockets from the original class), sending RESPONSE_CHUNKS one by one."""
 
     def __init__(self, ca: trustme.CA, handler: Callable[[ssl.SSLSocket], None] | None = None):
-        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(self.ctx)
-        self.ctx.sslsocket_class = ssl.SSLSocket  # untraced, whatever tracing swaps
-        self.listener = _ORIGINAL_SOCKET()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
+        self.ctx = server_context(ca, "localhost", "127.0.0.1", untraced=True)
+        self.listener = untraced_listener()
         self.port: int = self.listener.getsockname()[1]
         self.requests: list[bytes] = []
         self.handler = handler or self.http
@@ -321,12 +335,8 @@ def test_smtplib_starttls_plaintext_is_traced(tmp_path: Path, ca: trustme.CA,
                                              client_ctx: ssl.SSLContext) -> None:
     import smtplib
 
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    server_ctx.sslsocket_class = ssl.SSLSocket
-    lst = _ORIGINAL_SOCKET()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen()
+    server_ctx = server_context(ca, "localhost", "127.0.0.1", untraced=True)
+    lst = untraced_listener()
 
     def serve() -> None:
         fd, _ = lst._accept()  # type: ignore[attr-defined]
@@ -384,8 +394,7 @@ def test_smtplib_starttls_plaintext_is_traced(tmp_path: Path, ca: trustme.CA,
 
 def test_tls_listener_accept_is_traced(tmp_path: Path, ca: trustme.CA,
                                        client_ctx: ssl.SSLContext) -> None:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server_ctx = server_context(ca, "localhost")
     out = tmp_path / "t.jsonl"
     with tracesock.trace(str(out)):
         lst = server_ctx.wrap_socket(socket.socket(), server_side=True)
@@ -688,8 +697,7 @@ def test_asyncio_tls_server_replays_accepted_connections(
             while s.recv(100):
                 pass
 
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    server_ctx = server_context(ca, "localhost", "127.0.0.1")
     out = tmp_path / "t.jsonl"
     with tracesock.trace(str(out)):
         recorded = asyncio.run(serve(server_ctx, b"200 OK", client))
@@ -708,12 +716,8 @@ def test_asyncio_tls_server_replays_accepted_connections(
 
 def test_asyncio_start_tls_is_traced_and_replayed(
         tmp_path: Path, ca: trustme.CA, client_ctx: ssl.SSLContext) -> None:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    server_ctx.sslsocket_class = ssl.SSLSocket
-    lst = _ORIGINAL_SOCKET()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen()
+    server_ctx = server_context(ca, "localhost", "127.0.0.1", untraced=True)
+    lst = untraced_listener()
     port = lst.getsockname()[1]
 
     def serve() -> None:
@@ -775,8 +779,7 @@ def test_asyncio_tls_replay_needs_the_transport_in_the_trace(
 
 def test_bios_the_program_pumps_itself_stay_real_tls_during_replay(
         tmp_path: Path, ca: trustme.CA, client_ctx: ssl.SSLContext) -> None:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server_ctx = server_context(ca, "localhost")
     empty = tmp_path / "empty.jsonl"
     with tracesock.trace(str(empty)):
         pass

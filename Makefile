@@ -16,7 +16,7 @@ setup: venv
 
 # Debian packages: libpcap for scapy's BPF filters, tshark for pyshark and the
 # independent reading of captures, a C compiler and Python's headers for the compiled
-# journal (tracesock/_journal.c), mkfs.ext4 for the full-disk tests' small file system.
+# journal (tracesock/record/_journal.c), mkfs.ext4 for the full-disk tests' small file system.
 # Installed non-interactively, only when missing.
 $(VENV)/.stamp-system:
 	@missing=""; for p in $(SYS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,7 +34,7 @@ $(VENV)/.stamp-system:
 
 system: $(VENV)/.stamp-system
 
-$(VENV)/.stamp-venv: pyproject.toml tracesock/_journal.c $(VENV)/.stamp-system
+$(VENV)/.stamp-venv: pyproject.toml tracesock/record/_journal.c $(VENV)/.stamp-system
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@

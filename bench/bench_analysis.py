@@ -23,8 +23,8 @@ import time
 from typing import Any
 
 import tracesock
-from tracesock import pcapng
-from tracesock.analysis import analyze_file
+from tracesock.capture import pcapng
+from tracesock.capture.tshark import analyze_file
 
 TARGET_S = 3.0
 PACKETS = 10_000

@@ -23,8 +23,8 @@ from collections import Counter
 from typing import Any
 
 import tracesock
-from tracesock.timeline import load_segments
-from tracesock.tracefile import load
+from tracesock.capture.join import load_segments
+from tracesock.trace.reader import load
 
 TARGET = 1.10
 

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tracesock.recorder import Recorder
+from tracesock.record.recorder import Recorder
 from tracesock.replay import replay
 
 CHUNK = b"0123456789abcdefghijklmnopqrstuvwxyzABCD"

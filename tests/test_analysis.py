@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tracesock import analysis
-from tracesock.analysis import (
+from tracesock.capture import tshark as tshark_mod
+from tracesock.capture.analysis import (
     ACK,
     FIELDS,
     FIN,
@@ -20,16 +20,14 @@ from tracesock.analysis import (
     RST,
     SYN,
     PacketRow,
-    ProgressBar,
     TsharkMissing,
     analyze,
-    analyze_file,
-    format_analysis,
     parse_row,
     to_json,
 )
+from tracesock.capture.tshark import ProgressBar, analyze_file, format_analysis
 from tracesock.cli import main
-from tracesock.tracefile import load
+from tracesock.trace.reader import load
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = REPO / "captures"
@@ -153,9 +151,9 @@ def test_progress_bar_draws_and_clears() -> None:
 def test_missing_tshark_is_one_line_naming_the_package(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(TsharkMissing, match="apt-get install tshark"):
-        analysis.find_tshark(lambda name: None, lambda: None)
-    monkeypatch.setattr(analysis.shutil, "which", lambda name: None)
-    monkeypatch.setattr(analysis, "_pyshark_discovery", lambda: None)
+        tshark_mod.find_tshark(lambda name: None, lambda: None)
+    monkeypatch.setattr(tshark_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tshark_mod, "_pyshark_discovery", lambda: None)
     assert main(["analyze", str(CAPTURES / "echo.pcapng")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "apt-get install tshark" in err
@@ -240,8 +238,8 @@ def test_progress_is_reported_while_reading() -> None:
 
 def test_cli_shows_no_bar_when_stderr_is_not_a_terminal(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(analysis, "analyze_file",
+    monkeypatch.setattr(tshark_mod, "analyze_file",
                         lambda path, progress=None: analyze(_echo_rows(), path))
-    assert analysis.cli(argparse.Namespace(capture=str(CAPTURES / "echo.pcapng"),
-                                           json=False)) == 0
+    assert tshark_mod.cli(argparse.Namespace(capture=str(CAPTURES / "echo.pcapng"),
+                                         json=False)) == 0
     assert capsys.readouterr().err == ""

@@ -157,7 +157,7 @@ def test_would_block_runs_are_folded_into_one_event_with_a_count(tmp_path: Path)
     assert first["error"]["type"] == "BlockingIOError" and first["dur"] > 0
     seqs = [e["seq"] for e in calls(out)]
     assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))
-    text = resources.files("tracesock").joinpath("trace.schema.json").read_text()
+    text = resources.files("tracesock.trace").joinpath("schema.json").read_text()
     validator = jsonschema.Draft202012Validator(json.loads(text))
     for line in out.read_text().splitlines():
         validator.validate(json.loads(line))

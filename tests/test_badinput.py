@@ -36,7 +36,7 @@ CAPTURES = ROOT / "captures"
 TRACES = sorted(CAPTURES.glob("*.jsonl"))
 PCAPS = sorted(CAPTURES.glob("*.pcapng"))
 HAS_REPLAY = importlib.util.find_spec("tracesock.replay") is not None
-HAS_TIMELINE = importlib.util.find_spec("tracesock.timeline") is not None
+HAS_TIMELINE = importlib.util.find_spec("tracesock.lecture.timeline") is not None
 
 # No shrinking: a failure is reported as found (FOUND below holds minimal ones), so a
 # failing run costs no more time than a passing one.

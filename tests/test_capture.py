@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 import tracesock
-from tracesock.capture import CaptureSession, capture_filter, interface_for
+from tracesock.capture.join import JoinedSegment, join, load_segments
+from tracesock.capture.segments import Segment
+from tracesock.capture.sniffer import CaptureSession, capture_filter, interface_for
 from tracesock.errors import CaptureError
-from tracesock.segments import Segment
-from tracesock.timeline import JoinedSegment, join, load_segments, render_with_capture
-from tracesock.tracefile import Trace, load
+from tracesock.lecture.timeline import render_with_capture
+from tracesock.trace.reader import Trace, load
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -289,7 +290,7 @@ def test_small_snaplen_truncates_in_the_kernel(paths: tuple[str, str]) -> None:
         server.join(10)
         listener.close()
     session.stop(trace_path)
-    from tracesock import pcapng
+    from tracesock.capture import pcapng
 
     frames = list(pcapng.read(cap))
     assert max(len(f.data) for f in frames) <= 96
@@ -389,7 +390,8 @@ def test_route_lookup_picks_loopback_for_loopback_addresses() -> None:
 
 
 def test_import_tracesock_does_not_import_scapy() -> None:
-    code = ("import sys, tracesock, tracesock.tracing, tracesock.capture, tracesock.timeline\n"
+    code = ("import sys, tracesock, tracesock.record.tracing, tracesock.capture.sniffer, "
+            "tracesock.capture.join, tracesock.lecture.timeline\n"
             "assert not [m for m in sys.modules if m.startswith('scapy')], 'scapy imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -397,7 +399,7 @@ def test_import_tracesock_does_not_import_scapy() -> None:
 
 _NO_CAP = """
 import os, sys, tracesock
-from tracesock.capture import CaptureSession
+from tracesock.capture.sniffer import CaptureSession
 from tracesock.errors import CaptureError
 d = sys.argv[1]
 try:

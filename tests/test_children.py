@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 
 import tracesock
-from tracesock.tracefile import load
+from tracesock.trace.reader import load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,7 @@ def test_forking_server_children_are_followed(tmp_path: Path) -> None:
     assert max(keys.values()) == 1
     trace = load(str(out))
     assert not trace.warnings
-    text = resources.files("tracesock").joinpath("trace.schema.json").read_text()
+    text = resources.files("tracesock.trace").joinpath("schema.json").read_text()
     validator = jsonschema.Draft202012Validator(json.loads(text))
     for rec in recs:
         validator.validate(rec)

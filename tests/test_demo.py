@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tracesock import demo
+from tracesock.capture.join import load_segments
 from tracesock.cli import main
-from tracesock.timeline import load_segments
-from tracesock.tracefile import Connection, Trace, load
+from tracesock.lecture import demo, programs
+from tracesock.trace.reader import Connection, Trace, load
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ def test_http_close_reads_until_the_servers_fin(traces: dict[str, Trace]) -> Non
     assert client.recv_chunks[-1] == 0
     assert all(e.args.get("bufsize") == 4096 for e in client.events if e.op == "recv")
     reply = b"".join(e.data or b"" for e in client.events if e.op == "recv")
-    assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(demo.LECTURE_PAGE)
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(programs.LECTURE_PAGE)
 
 
 def test_http_makefile_reads_through_the_file_object(traces: dict[str, Trace]) -> None:

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 
 from tracesock.cli import main
-from tracesock.diagram import (
-    Arrow,
-    Note,
-    build_ladder,
-    ladder_for,
-    render_mermaid,
-    render_svg,
-    render_text,
-)
-from tracesock.tracefile import load
+from tracesock.lecture.diagram import render_mermaid, render_svg, render_text
+from tracesock.lecture.ladder import Arrow, Note, build_ladder, ladder_for
+from tracesock.trace.reader import load
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from tracesock import demo
-from tracesock.segments import Segment
-from tracesock.timeline import load_segments
-from tracesock.tracefile import Connection, Trace, load
+from tracesock.capture.join import load_segments
+from tracesock.capture.segments import Segment
+from tracesock.lecture import demo, programs
+from tracesock.trace.reader import Connection, Trace, load
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = REPO / "captures"
-SCHEMA = REPO / "tracesock" / "trace.schema.json"
+SCHEMA = REPO / "tracesock" / "trace" / "schema.json"
 NAMES = demo.scenario_names()
 
 
@@ -62,7 +62,7 @@ def test_golden_files_exist_and_are_complete(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_traces_match_the_schema(name: str) -> None:
     if not SCHEMA.exists():
-        pytest.skip("tracesock/trace.schema.json is not there yet")
+        pytest.skip("tracesock/trace/schema.json is not there yet")
     jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
     lines = (CAPTURES / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
@@ -116,7 +116,7 @@ def test_http(name: str) -> None:
     client = _one(tr, "client")
     server_bytes = sum(_data_lengths(segs, segs[0].dst))
     assert server_bytes == client.bytes_received
-    assert server_bytes > len(demo.LECTURE_PAGE)
+    assert server_bytes > len(programs.LECTURE_PAGE)
     ops = _client_ops(tr)
     if name == "http-close":  # recv until b'': the server's FIN comes first
         assert _fin_senders(segs)[0] == segs[0].dst

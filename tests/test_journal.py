@@ -20,7 +20,8 @@ import orjson
 import pytest
 
 import tracesock
-from tracesock.recorder import Recorder, compiled_available
+from tracesock.record.compiled import compiled_available
+from tracesock.record.recorder import Recorder
 
 needs_compiled = pytest.mark.skipif(
     not compiled_available() and not os.environ.get("TRACESOCK_REQUIRE_COMPILED"),
@@ -60,7 +61,7 @@ class Windows:
 
 
 def _journal(windows: Windows, slow: Any = None) -> Any:
-    from tracesock._journal import Journal
+    from tracesock.record._journal import Journal
 
     calls: list[tuple[Any, ...]] = []
     journal = Journal(slow or (lambda *a: calls.append(a)), windows.refill, 100.0)
@@ -225,7 +226,7 @@ def test_a_window_not_ready_to_the_page_is_refused() -> None:
     windows = Windows(4096)
     journal = _journal(windows)
     journal.detach()
-    from tracesock._journal import Journal
+    from tracesock.record._journal import Journal
 
     fresh = Journal(lambda *a: None, lambda: None, 0.0)
     with pytest.raises(ValueError, match="ready"):
@@ -234,7 +235,7 @@ def test_a_window_not_ready_to_the_page_is_refused() -> None:
 
 @needs_compiled
 def test_a_journal_is_initialized_once_and_needs_no_descriptor() -> None:
-    from tracesock._journal import Journal
+    from tracesock.record._journal import Journal
 
     windows = Windows(64 << 10)
     # No descriptor of its own to be had (here: a bad one): long lines go through the

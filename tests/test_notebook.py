@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from tracesock.notebook import NAMESPACE_NAME, load_ipython_extension, trace_html
-from tracesock.tracefile import Trace, load
+from tracesock.lecture.notebook import NAMESPACE_NAME, load_ipython_extension, trace_html
+from tracesock.trace.reader import Trace, load
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 
 CELL = """
 import socket
-from tracesock.demo import _Server, _echo_handler, _listen, echo_client
-srv = _Server(_listen(socket.socket), _echo_handler, traced=True)
+from tracesock.lecture.programs import Server, echo_client, echo_handler, listen_on_loopback
+srv = Server(listen_on_loopback(socket.socket), echo_handler, traced=True)
 reply = echo_client("127.0.0.1", srv.port)
 srv.join()
 reply

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 
 import tracesock
-from tracesock import rechunk
-from tracesock.replay import ReplaySocket, replay
+from tracesock.replay import ReplaySocket, rechunk, replay
 
 RealSocket = socket.socket
 HEAD = ["HTTP/1.1 200 OK\r\n", "Content-Type: text/html; charset=utf-8\r\n",
@@ -152,7 +151,7 @@ def test_correct_parser_under_hypothesis_chunkings(chunks: list[bytes]) -> None:
 
 
 def test_importing_tracesock_loads_neither_hypothesis_nor_pytest() -> None:
-    code = ("import sys, tracesock, tracesock.rechunk, tracesock.replay\n"
+    code = ("import sys, tracesock, tracesock.replay.rechunk, tracesock.replay\n"
             "bad = [m for m in ('hypothesis', 'scapy') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

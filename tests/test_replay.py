@@ -18,7 +18,7 @@ import pytest
 
 import tracesock
 from tracesock import ReplayError, ReplayMismatch, TraceFormatError, TraceVersionError
-from tracesock.recorder import Recorder
+from tracesock.record.recorder import Recorder
 from tracesock.replay import ReplaySocket, replay
 
 RealSocket = socket.socket  # taken before any trace or replay swaps it

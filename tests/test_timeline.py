@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tracesock import pcapng
-from tracesock.errors import CaptureError
-from tracesock.segments import (
+from tracesock.capture import pcapng
+from tracesock.capture.join import join
+from tracesock.capture.segments import (
     ACK,
     FIN,
     PSH,
@@ -26,8 +26,9 @@ from tracesock.segments import (
     relativize,
     wire_length,
 )
-from tracesock.timeline import join, render, render_with_capture
-from tracesock.tracefile import Trace, load
+from tracesock.errors import CaptureError
+from tracesock.lecture.timeline import render, render_with_capture
+from tracesock.trace.reader import Trace, load
 
 EPOCH = 1_700_000_000.0
 C, S = ("127.0.0.1", 40000), ("127.0.0.1", 7)

@@ -225,7 +225,7 @@ def test_tls_traces_are_valid_against_the_schema(tmp_path: Path, server: TLSServ
     out = tmp_path / "t.jsonl"
     with tracesock.trace(str(out)):
         https_get(client_ctx, server.port)
-    text = resources.files("tracesock").joinpath("trace.schema.json").read_text()
+    text = resources.files("tracesock.trace").joinpath("schema.json").read_text()
     validator = jsonschema.Draft202012Validator(json.loads(text))
     for line in out.read_text().splitlines():
         validator.validate(json.loads(line))

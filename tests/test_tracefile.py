@@ -12,11 +12,11 @@ import pytest
 
 import tracesock
 from tracesock import TraceFormatError, TraceVersionError
-from tracesock.sink import MmapSink, open_sink
+from tracesock.record.sink import MmapSink, open_sink
 
 
 def schema() -> dict[str, object]:
-    text = resources.files("tracesock").joinpath("trace.schema.json").read_text()
+    text = resources.files("tracesock.trace").joinpath("schema.json").read_text()
     loaded: dict[str, object] = json.loads(text)
     return loaded
 

@@ -2,6 +2,11 @@
 
 The public API is listed in ``__all__``; everything else is internal. Importing
 tracesock never imports scapy or pyshark (capture and analysis load them on use).
+
+The package is laid out by stage, dependencies pointing one way (tests/test_layout.py
+checks it): ``trace/`` (the format) <- ``capture/`` <- ``record/``; ``trace/`` <-
+``replay/``; all of them <- ``lecture/`` (the views) <- ``cli.py`` and the pytest
+plugin. ``errors.py`` and ``patching.py`` sit under everything.
 """
 
 from typing import Any
@@ -15,19 +20,33 @@ from .errors import (
     TraceVersionError,
     UsageError,
 )
-from .events import CallEvent, ErrorInfo, TraceHeader
-from .recorder import Recorder
-from .replay import Replay, ReplaySocket, replay
-from .sockets import TracedSocket
-from .tracefile import Connection, Trace, TraceReader, load
-from .tracing import Tracing, trace
+from .record.recorder import Recorder
+from .record.sockets import TracedSocket
+
+# Bound last: ``trace`` and ``replay`` name both a subpackage and the public function.
+# Importing a subpackage sets the package attribute of that name; these come after every
+# subpackage is imported, so the functions win.
+from .record.tracing import Tracing, trace
+from .replay.session import Replay, replay
+from .replay.sockets import ReplaySocket
+from .trace.events import CallEvent, ErrorInfo, TraceHeader
+from .trace.reader import Connection, Trace, TraceReader, load
 
 __version__ = "0.1.0"
 
 
+def _trace_html(t: Trace) -> str:
+    from .lecture.notebook import trace_html  # the views load only when a notebook asks
+
+    return trace_html(t)
+
+
+Trace.html_view = _trace_html
+
+
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext tracesock``: registers the ``%%tracesock`` cell magic (notebook.py)."""
-    from .notebook import load_ipython_extension as load
+    """``%load_ext tracesock``: registers the ``%%tracesock`` cell magic (lecture/notebook.py)."""
+    from .lecture.notebook import load_ipython_extension as load
 
     load(ipython)
 

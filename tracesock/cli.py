@@ -87,13 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .show import timeline
-    from .tracefile import load
+    from .lecture.show import timeline
+    from .trace.reader import load
 
     trace = load(args.trace)
     _print_warnings(trace.warnings)
     if args.capture:
-        from .timeline import render_with_capture
+        from .lecture.timeline import render_with_capture
 
         lines = render_with_capture(trace, args.capture)
     else:
@@ -104,8 +104,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .show import format_stats, stats
-    from .tracefile import load
+    from .lecture.show import format_stats, stats
+    from .trace.reader import load
 
     trace = load(args.trace)
     _print_warnings(trace.warnings)
@@ -121,7 +121,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_program
+    from .record.runner import run_program
 
     if args.module is None and not args.target:
         raise UsageError("run: name a script to run (tracesock run [options] SCRIPT [ARGS...]) "
@@ -148,9 +148,9 @@ _COMMANDS: dict[str, Command] = {
     "run": _cmd_run,
     "show": _cmd_show,
     "stats": _cmd_stats,
-    "demo": _cmd_feature("demo"),
-    "analyze": _cmd_feature("analysis"),
-    "diagram": _cmd_feature("diagram"),
+    "demo": _cmd_feature("lecture.demo"),
+    "analyze": _cmd_feature("capture.tshark"),
+    "diagram": _cmd_feature("lecture.diagram"),
 }
 
 

@@ -2,11 +2,14 @@
 
 Every error tracesock raises on purpose is a ``TracesockError``: the CLI prints its
 message on one line and exits non-zero, library users can catch the base class.
+Warnings (``stderr_warn``) are one line on stderr and never an exception.
 Errors raised by the traced program's own sockets are never wrapped: tracing
 re-raises them unchanged.
 """
 
 from __future__ import annotations
+
+import sys
 
 
 class TracesockError(Exception):
@@ -35,3 +38,12 @@ class ReplayError(TracesockError):
 
 class ReplayMismatch(ReplayError):
     """What the code under test sent differs from what was recorded."""
+
+
+def stderr_warn(message: str) -> None:
+    """The default warning: one line on stderr, never an exception."""
+    try:
+        sys.stderr.write(f"tracesock: warning: {message}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass

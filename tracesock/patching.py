@@ -1,74 +1,147 @@
-"""The one place that swaps ``socket.socket``.
+"""How tracesock gets into a program: the ONE place that swaps ``socket.socket``.
 
-While a trace is active, ``socket.socket`` is a TracedSocket subclass bound to that
-trace's recorder, so everything that builds sockets through the module attribute
+Theory of operation. While a trace (or a replay) is active, ``socket.socket`` is a
+stand-in class, so everything that builds sockets through the module attribute
 (``socket.create_connection``, ``socketpair``, ``fromfd``, ``http.client``,
-``socketserver``, ``asyncio``, ``ftplib``, ``smtplib``...) is traced. The original class
-is put back in ``finally``, whatever the block raised. Replay swaps in its own class
-(and ``getaddrinfo``) here too. The ``ssl.SSLContext`` classes are swapped alongside
-(tls.py): traced TLS while tracing, plaintext TLS while replaying.
+``socketserver``, ``asyncio``, ``ftplib``, ``smtplib``...) gets one. The
+``ssl.SSLContext`` socket and object classes are swapped alongside, and replay swaps
+``socket.getaddrinfo`` too. The originals are put back in ``finally``, whatever the block
+raised. This module knows none of the classes it installs: record/ and replay/ hand
+them in (``record/patch.py``, ``replay/session.py``).
+
+Also here, because they are how tracesock reaches into code it does not own:
+
+- the stand-in machinery: while ``socket.socket`` is replaced, ``isinstance(x,
+  socket.socket)`` must keep meaning the real class (sockets made before the swap, or
+  by ``ssl``, are real sockets too), and ``repr`` must still read ``<socket.socket
+  ...>``. A class made by :func:`bound_subclass` with ``stand_in`` does both; its
+  subclasses that are not stand-ins behave as ordinary classes;
+- exec'd Python children: an environment variable and, first on ``PYTHONPATH``, the
+  bootstrap folder whose ``sitecustomize`` starts tracing or replaying in the child;
+- the socket under an asyncio transport, found on the stack where ``ssl`` makes an
+  ``SSLObject`` for it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
-from collections.abc import Callable, Iterator
+import ssl
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from .recorder import Recorder
-from .sockets import TracedSocket
+ORIGINAL_SOCKET = socket.socket
+BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-@contextmanager
-def socket_class_patched(recorder: Recorder, *,
-                         keylog: str | None = None) -> Iterator[type[TracedSocket]]:
-    """Replace ``socket.socket`` with a class recording into ``recorder``, and the
-    ``ssl.SSLContext`` socket and object classes with traced ones (tls.py)."""
-    from .tls import TracedSSLObject, TracedSSLSocket
-
-    original = socket.socket
-    stand_in = TracedSocket.bound_to(recorder, stand_in=True)
-    socket.socket = stand_in  # type: ignore[misc]
-    try:
-        with ssl_classes_replaced(TracedSSLSocket.bound_to(recorder, keylog),
-                                  TracedSSLObject.bound_to(recorder, keylog)):
-            yield stand_in
-    finally:
-        socket.socket = original  # type: ignore[misc]
+T = TypeVar("T", bound=type)
 
 
 @contextmanager
-def ssl_classes_replaced(sslsocket_class: Any, sslobject_class: Any = None) -> Iterator[None]:
-    """Replace ``ssl.SSLContext.sslsocket_class`` (and ``sslobject_class`` if given)."""
-    import ssl
-
+def classes_replaced(socket_class: type[socket.socket], sslsocket_class: Any,
+                     sslobject_class: Any, *,
+                     getaddrinfo: Callable[..., Any] | None = None) -> Iterator[None]:
+    """Replace ``socket.socket``, ``ssl.SSLContext.sslsocket_class`` and
+    ``sslobject_class`` (and ``socket.getaddrinfo`` when given) for the block."""
     ctx = ssl.SSLContext
-    original = ctx.sslsocket_class, ctx.sslobject_class
+    original = socket.socket, socket.getaddrinfo, ctx.sslsocket_class, ctx.sslobject_class
+    socket.socket = socket_class  # type: ignore[misc]
+    if getaddrinfo is not None:
+        socket.getaddrinfo = getaddrinfo
     ctx.sslsocket_class = sslsocket_class
-    if sslobject_class is not None:
-        ctx.sslobject_class = sslobject_class
+    ctx.sslobject_class = sslobject_class
     try:
         yield
     finally:
-        ctx.sslsocket_class, ctx.sslobject_class = original
+        (socket.socket, socket.getaddrinfo,  # type: ignore[misc]
+         ctx.sslsocket_class, ctx.sslobject_class) = original
+
+
+# -- stand-in classes ---------------------------------------------------------------------
+
+
+class StandInMeta(type):
+    """Metaclass: a class whose own ``_stand_in`` is true answers for ``socket.socket``."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        if cls.__dict__.get("_stand_in", False):
+            return isinstance(obj, ORIGINAL_SOCKET)
+        return type.__instancecheck__(cls, obj)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        if cls.__dict__.get("_stand_in", False):
+            return issubclass(sub, ORIGINAL_SOCKET)
+        return type.__subclasscheck__(cls, sub)
+
+
+def bound_subclass(cls: T, attrs: dict[str, Any], *, stand_in: bool) -> T:
+    """A subclass of ``cls`` with ``attrs``; with ``stand_in`` it impersonates
+    ``socket.socket`` (name, module, isinstance checks) for the time it replaces it."""
+    body: dict[str, Any] = {"__slots__": (), "_stand_in": stand_in, **attrs}
+    if stand_in:
+        body.update(__module__="socket", __qualname__="socket")
+    return cast(T, StandInMeta("socket" if stand_in else cls.__name__, (cls,), body))
+
+
+# -- exec'd Python children ---------------------------------------------------------------
 
 
 @contextmanager
-def socket_class_replaced(
-    cls: type[socket.socket], *, getaddrinfo: Callable[..., Any] | None = None
-) -> Iterator[type[socket.socket]]:
-    """Replace ``socket.socket`` with ``cls`` (replay), and ``socket.getaddrinfo`` when
-    given (so that ``create_connection`` resolves names without the network)."""
-    from .tls import ReplaySSLObject, ReplaySSLSocket
-
-    original, original_gai = socket.socket, socket.getaddrinfo
-    socket.socket = cls  # type: ignore[misc]
-    if getaddrinfo is not None:
-        socket.getaddrinfo = getaddrinfo
+def child_environment(name: str, config: Mapping[str, Any]) -> Iterator[None]:
+    """Set ``name`` and put the bootstrap first on PYTHONPATH, for exec'd Python children."""
+    saved = {k: os.environ.get(k) for k in (name, "PYTHONPATH")}
+    os.environ[name] = json.dumps({**config, "root": _PACKAGE_PARENT,
+                                   "python": list(sys.version_info[:2])})
+    paths = [BOOTSTRAP]  # tracesock itself is found through "root", only by the bootstrap
+    if saved["PYTHONPATH"]:
+        paths.append(saved["PYTHONPATH"])
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
     try:
-        with ssl_classes_replaced(ReplaySSLSocket, ReplaySSLObject):  # TLS: its plaintext
-            yield cls
+        yield
     finally:
-        socket.socket = original  # type: ignore[misc]
-        socket.getaddrinfo = original_gai
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def program_argv() -> list[str]:
+    """This process's command line, as the kernel has it."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return list(getattr(sys, "argv", []))
+
+
+# -- asyncio transports -------------------------------------------------------------------
+
+
+def transport_socket(frame: Any, ours: Callable[[Any], bool]) -> Any:
+    """The socket under the asyncio transport for which an SSLObject is being made (``ours``
+    tells a socket of this trace or replay from others), from the frames that make it:
+    ``_make_ssl_transport(rawsock, ...)`` (``ssl=`` on a connection or an accepted one),
+    a protocol's own ``_transport``, or ``start_tls(transport, ...)``."""
+    for _ in range(8):
+        if frame is None:
+            return None
+        f_locals = frame.f_locals
+        rawsock = f_locals.get("rawsock")
+        if ours(rawsock):
+            return rawsock
+        for transport in (getattr(f_locals.get("self"), "_transport", None),
+                          f_locals.get("transport")):
+            if transport is None or not hasattr(transport, "get_extra_info"):
+                continue
+            try:
+                sock = transport.get_extra_info("socket")
+            except Exception:
+                return None
+            real = getattr(sock, "_sock", sock)
+            return real if ours(real) else None
+        frame = frame.f_back
+    return None

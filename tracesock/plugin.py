@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .replay import Replay
-    from .tracing import Tracing
+    from .record.tracing import Tracing
+    from .replay.session import Replay
 
 MODES = ("once", "none", "all")
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -115,7 +115,7 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
     if not path.exists():
         pytest.fail(f"tracesock: no recording at {path}; --tracesock-mode=none only replays: "
                     "record it first with --tracesock-mode=once (or all)", pytrace=False)
-    from .replay import replay
+    from .replay.session import replay
 
     try:
         with replay(path, **options) as rp:
@@ -128,7 +128,7 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
 
 def _record(request: pytest.FixtureRequest, path: Path,
             follow_children: bool) -> Iterator[TracesockRun]:
-    from .tracing import trace
+    from .record.tracing import trace
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with trace(str(path), argv=[request.node.nodeid],

@@ -1,11 +1,11 @@
 """Imported by Python at start-up in children of a followed trace or of a replay that
 follows children (on PYTHONPATH).
 
-Starts tracing this process (tracesock.children.start_in_child) or replaying it
-(start_replay_in_child) when it is the same Python version as the parent, then imports
-the program's own ``sitecustomize``, if one is further along the path. tracesock's
-folder is on sys.path only while it is imported: the program's own imports see the
-path it would have had.
+Starts tracing this process (tracesock.record.children.start_in_child) or replaying
+it (tracesock.replay.child.start_replay_in_child) when it is the same Python version as
+the parent, then imports the program's own ``sitecustomize``, if one is further along
+the path. tracesock's folder is on sys.path only while it is imported: the program's
+own imports see the path it would have had.
 """
 
 import json
@@ -13,7 +13,7 @@ import os
 import sys
 
 
-def _start(variable: str, function: str) -> None:
+def _start(variable: str, module: str, function: str) -> None:
     config = json.loads(os.environ[variable])
     if list(sys.version_info[:2]) != config["python"]:
         if variable == "TRACESOCK_REPLAY":
@@ -23,10 +23,12 @@ def _start(variable: str, function: str) -> None:
         return  # another Python: run it as it is
     sys.path.insert(0, config["root"])
     try:
-        from tracesock import children
+        import importlib
+
+        start = getattr(importlib.import_module(module), function)
     finally:
         sys.path.remove(config["root"])
-    getattr(children, function)()
+    start()
 
 
 def _chain() -> None:
@@ -47,11 +49,12 @@ def _chain() -> None:
             sys.modules["sitecustomize"] = module
 
 
-for _variable, _function, _what in (("TRACESOCK_FOLLOW", "start_in_child", "trace"),
-                                    ("TRACESOCK_REPLAY", "start_replay_in_child", "replay")):
+for _variable, _module, _function, _what in (
+        ("TRACESOCK_FOLLOW", "tracesock.record.children", "start_in_child", "trace"),
+        ("TRACESOCK_REPLAY", "tracesock.replay.child", "start_replay_in_child", "replay")):
     if os.environ.get(_variable):
         try:
-            _start(_variable, _function)
+            _start(_variable, _module, _function)
         except Exception as exc:  # never stop the child: say so and run it as it is
             sys.stderr.write(f"tracesock: warning: cannot {_what} child process "
                              f"{os.getpid()} ({exc})\n")

@@ -1,0 +1,16 @@
+"""The lecture's views: what a trace and its capture show a person.
+
+Theory of operation. Everything here reads traces and captures through the stages
+below it and turns them into text, diagrams and pages; it never changes them. The demo
+runs the lecture's programs on loopback, traced and captured, to make the golden files
+in captures/.
+
+- ``show.py``: the call timeline (``tracesock show``) and per-connection stats.
+- ``timeline.py``: calls and captured segments in one time order (``show --capture``).
+- ``ladder.py``: the ladder diagram as plain data, from calls and joined segments.
+- ``diagram.py``: the ladder drawn as text, Mermaid and SVG (``tracesock diagram``).
+- ``tcpstates.py``: the TCP state of each end after each segment (I/O-free).
+- ``notebook.py``: the ``%%tracesock`` cell magic and a Trace's HTML view.
+- ``programs.py``: the lecture's clients as the notes write them, and their servers.
+- ``demo.py``: ``tracesock demo``: each scenario run, traced and captured.
+"""

@@ -1,0 +1,143 @@
+"""``replay()``: run socket code unchanged against a recorded trace, with no network.
+
+Theory of operation. ``replay(path)`` opens the trace as a Cassette (cassette.py: the
+matching model, I/O-free) and, for the block, makes ``socket.socket`` a ReplaySocket
+class bound to it (sockets.py), through patching.py, the one place that swaps it; the
+``ssl`` classes become the replay's (tls.py). ``socket.getaddrinfo`` is replaced too
+(``_Resolver``), so hostnames resolve through the recording (the recorded connects to
+that port) and numeric hosts as usual: no DNS, no network.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+from ..patching import classes_replaced
+from .cassette import Cassette
+from .children import ReplayingChildren
+from .sockets import ReplaySocket, speed_factor
+from .tls import ReplaySSLObject, ReplaySSLSocket
+
+
+@contextmanager
+def replacing(cls: type[ReplaySocket], *,
+              getaddrinfo: Callable[..., Any] | None = None) -> Iterator[None]:
+    """``socket.socket`` is ``cls`` and the ``ssl`` classes replay's for the block."""
+    with classes_replaced(cls, ReplaySSLSocket, ReplaySSLObject, getaddrinfo=getaddrinfo):
+        yield
+
+
+class _Resolver:
+    """getaddrinfo while replaying: numeric hosts as usual, names through the recording."""
+
+    def __init__(self, cassette: Cassette, real: Callable[..., Any]) -> None:
+        self._cassette = cassette
+        self._real = real
+
+    def __call__(self, host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0,
+                 flags: int = 0) -> list[tuple[Any, ...]]:
+        real = self._real
+        try:
+            return list(real(host, port, family, type, proto, flags | socket.AI_NUMERICHOST))
+        except socket.gaierror:
+            pass
+        number = port
+        if isinstance(port, (str, bytes)):
+            text = port.decode() if isinstance(port, bytes) else port
+            number = int(text) if text.isdigit() else socket.getservbyname(text)
+        out: list[tuple[Any, ...]] = []
+        for fam, kind, address in self._cassette.resolve(int(number or 0)):
+            f, k = socket.AddressFamily[fam], socket.SocketKind[kind]
+            if (family and f != family) or (type and k != type):
+                continue
+            out.append((f, k, socket.IPPROTO_TCP if k == socket.SOCK_STREAM else
+                        socket.IPPROTO_UDP, "", address))
+        if out:
+            return out
+        if isinstance(host, str) and host.lower() in ("localhost", "localhost.localdomain"):
+            return list(real(host, port, family, type, proto, flags))
+        raise socket.gaierror(socket.EAI_NONAME, f"tracesock replay: {host}:{port} resolves "
+                              "to no recorded connection (replay does no DNS)")
+
+
+class Replay:
+    """What ``replay()`` yields: the cassette, the socket class, what went wrong."""
+
+    def __init__(self, path: str, cassette: Cassette, socket_class: type[ReplaySocket]):
+        self.path = path
+        self.cassette = cassette
+        self.socket_class = socket_class
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Replay errors raised so far (also those the code caught)."""
+        return self.cassette.errors
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.cassette.warnings
+
+    def skip_final_checks(self) -> None:
+        """Do not raise caught errors or unsent bytes at the end (the run already failed)."""
+        self.cassette.final_checks = False
+
+
+@contextmanager
+def replay(
+    path: str | os.PathLike[str],
+    *,
+    check: str = "concat",
+    realtime: bool | float = False,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    follow_children: bool = False,
+    process: int | None = None,
+) -> Iterator[Replay]:
+    """Run the block against the recording at ``path``, with no network.
+
+    Each socket the block creates is matched, in order, to a recorded one (family, type,
+    and the address of its connect, bind or first sendto; accepted sockets come from
+    their listener's accept). recv returns exactly the recorded chunks; what is sent is
+    checked: ``check="concat"`` (default) compares the bytes, ``"strict"`` each call too,
+    ``"off"`` nothing. ``realtime=True`` (or a speed factor) sleeps the recorded gaps
+    on ``clock``/``sleep``. At the end, errors the code caught and recorded bytes it
+    never sent raise ReplayError/ReplayMismatch.
+
+    A trace that followed child processes replays the calls of its top process (and
+    of the children it forked); ``process=PID`` replays those of recorded process PID
+    instead. ``follow_children=True`` makes the Python children the block starts with
+    exec (``subprocess``, ``multiprocessing`` spawn) replay theirs too, each matched to
+    a recorded child (children.py); what went wrong in them is raised at the end.
+    """
+    name = os.fspath(path)
+    speed = speed_factor(realtime)
+    cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
+                        sleep=sleep)
+    cls = ReplaySocket.bound_to(cas, stand_in=True)
+    kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \
+        if follow_children else None
+    try:
+        with replacing(cls, getaddrinfo=_Resolver(cas, socket.getaddrinfo)), \
+                (kids.environment() if kids is not None else nullcontext()):
+            yield Replay(name, cas, cls)
+    except BaseException:
+        cas.close()
+        if kids is not None:
+            kids.close()
+        raise
+    try:
+        cas.finish()
+    except BaseException:
+        if kids is not None:
+            kids.close()
+        raise
+    if kids is not None:
+        kids.finish()
+
+
+__all__ = ["Replay", "replacing", "replay"]

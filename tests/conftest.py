@@ -10,6 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+# Private instances of redis, MariaDB, PostgreSQL and mosquitto (tests/realservers.py).
+pytest_plugins = ["realservers"]
+
 # The lecture's test page, served locally (the notes fetch it from a university host).
 LECTURE_PAGE = (
     "<html>\n<head>\n<title>Test Page</title>\n</head>\n\n<body>\n"

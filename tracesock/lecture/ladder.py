@@ -31,6 +31,7 @@ from ..capture.join import JoinedSegment, join, load_segments
 from ..capture.segments import Endpoint
 from ..trace.events import CallEvent, call_label, format_addr
 from ..trace.reader import Connection, Trace
+from .ladder_states import StateMap, call_states, segment_states
 
 _QUIET_OPS = frozenset({"socket", "settimeout", "setblocking", "setsockopt", "getsockopt",
                         "getsockname", "getpeername", "fileno", "detach", "dup"})
@@ -55,6 +56,7 @@ class Arrow:
     role: str  # handshake, data, ack, fin, fin-ack, rst, call
     src_notes: tuple[str, ...] = ()
     dst_notes: tuple[str, ...] = ()
+    states: tuple[tuple[int, str], ...] = ()  # (column, TCP state after this row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class Note:
     t: float
     col: int
     text: str
+    states: tuple[tuple[int, str], ...] = ()
 
 
 Row = Arrow | Note
@@ -75,6 +78,8 @@ class Ladder:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
     captured: bool = False
+    initial_states: tuple[str, ...] = ()  # per column, "" where not known
+    states_inferred: bool = False  # states guessed from calls (no capture)
 
 
 # -- building -----------------------------------------------------------------------------
@@ -212,11 +217,13 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
                 notes.setdefault(back, []).append((ev.sock, f"sock {ev.sock} {ev.op}() "
                                                    f"{ending}"))
     rows: list[Row] = []
+    states, _ = segment_states(joined)
     for i, js in enumerate(joined):
         s = js.segment
         src, dst = _ep_key(s.src), _ep_key(s.dst)
         here = notes.get(i, [])
         rows.append(Arrow(
+            states=_at(states.get(i), col),
             t=s.time - epoch, src=col[src], dst=col[dst], label=_segment_label(js),
             role=js.role,
             src_notes=tuple(t for sock, t in here if keys.get(sock) == src),
@@ -225,9 +232,19 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
     return rows, shown
 
 
+def _at(states: StateMap | None, col: dict[str, int]) -> tuple[tuple[int, str], ...]:
+    """``{key: State}`` as sorted ``(column, name)`` pairs."""
+    if not states:
+        return ()
+    return tuple(sorted((col[k], st.name) for k, st in states.items() if k in col))
+
+
 def _call_rows(conns: Sequence[Connection], keys: dict[int, str], col: dict[str, int],
                shown: set[int], captured: bool) -> list[Row]:
     traced_keys = set(keys.values())
+    inferred: dict[int, StateMap] = {}
+    if not captured:
+        inferred, _ = call_states(conns, keys, {c.sock: _specific(c.raddr) for c in conns})
     rows: list[Row] = []
     for c in conns:
         here = col[keys[c.sock]]
@@ -238,20 +255,23 @@ def _call_rows(conns: Sequence[Connection], keys: dict[int, str], col: dict[str,
                 continue
             text = call_text(ev)
             ended = ev.t + ev.dur
+            st = _at(inferred.get(ev.seq), col)
             if not captured and peer is not None and peer != here:
                 if ev.op in ("connect", "connect_ex"):
-                    rows.append(Arrow(ev.t, here, peer, "connect", "call", src_notes=(text,)))
+                    rows.append(Arrow(ev.t, here, peer, "connect", "call", src_notes=(text,),
+                                      states=st))
                     continue
                 if ev.is_send and ev.error is None:
                     rows.append(Arrow(ev.t, here, peer, f"{ev.nbytes} bytes", "call",
-                                      src_notes=(text,)))
+                                      src_notes=(text,), states=st))
                     continue
                 if ev.is_recv and ev.error is None and peer_key not in traced_keys:
                     label = "EOF" if ev.nbytes == 0 else f"{ev.nbytes} bytes"
-                    rows.append(Arrow(ended, peer, here, label, "call", dst_notes=(text,)))
+                    rows.append(Arrow(ended, peer, here, label, "call", dst_notes=(text,),
+                                      states=st))
                     continue
             at = ended if ev.is_recv or ev.op == "accept" else ev.t
-            rows.append(Note(at, here, text))
+            rows.append(Note(at, here, text, states=st))
     return rows
 
 
@@ -268,7 +288,13 @@ def build_ladder(trace: Trace, joined: Sequence[JoinedSegment] | None = None, *,
     rows += _call_rows(conns, keys, col, shown, joined is not None)
     rows.sort(key=lambda r: r.t)
     columns = tuple(Column(k, subs.get(k, "not traced")) for k in order)
-    return Ladder(title or trace.path, columns, tuple(rows), joined is not None)
+    if joined is not None:
+        _, initial = segment_states(segs)
+    else:
+        _, initial = call_states(conns, keys, {c.sock: _specific(c.raddr) for c in conns})
+    return Ladder(title or trace.path, columns, tuple(rows), joined is not None,
+                  tuple(initial[k].name if k in initial else "" for k in order),
+                  joined is None)
 
 
 def ladder_for(trace: Trace, capture_path: str | None = None) -> Ladder:

@@ -1,4 +1,4 @@
-"""The ``tracesock`` command: run, show, stats, demo, analyze, diagram.
+"""The ``tracesock`` command: run, show, stats, demo, analyze, diagram, report.
 
 Every error of tracesock's own is one line on stderr (``tracesock: error: ...``) and exit
 status 2; the traced program's own exit status and traceback are passed through as
@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--capture", metavar="CAPTURE.pcapng")
     dg.add_argument("--format", choices=("text", "mermaid", "svg"), default="text")
     dg.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page: timeline, ladder, charts",
+                        description="Write one HTML file (inline CSS, JS and SVG; nothing "
+                                    "fetched) with the call timeline filterable by socket and "
+                                    "operation, the ladder with TCP states, per-connection "
+                                    "stats and charts of recv() sizes and bytes over time.")
+    rp.add_argument("trace", metavar="TRACE.jsonl")
+    rp.add_argument("--capture", metavar="CAPTURE.pcapng")
+    rp.add_argument("-o", "--output", metavar="REPORT.html", default="report.html",
+                    help="where the page goes (default: report.html)")
     return parser
 
 
@@ -151,6 +161,7 @@ _COMMANDS: dict[str, Command] = {
     "demo": _cmd_feature("lecture.demo"),
     "analyze": _cmd_feature("capture.tshark"),
     "diagram": _cmd_feature("lecture.diagram"),
+    "report": _cmd_feature("lecture.report"),
 }
 
 

@@ -154,10 +154,10 @@ def _subtitles(conns: Sequence[Connection], keys: dict[int, str]) -> dict[str, s
     return {k: ", ".join(v) for k, v in at.items()}
 
 
-def call_text(ev: CallEvent) -> str:
-    """A call as a diagram note: ``sock 2 recv(1024) = 20``."""
+def call_text(ev: CallEvent, *, pid: bool = False) -> str:
+    """A call as a diagram note: ``sock 2 recv(1024) = 20`` (``pid 7 sock 2 ...``)."""
     op = ev.op
-    head = f"sock {ev.sock} "
+    head = (f"pid {ev.pid} " if pid and ev.pid is not None else "") + f"sock {ev.sock} "
     if ev.error is not None:
         return f"{head}{op}() -> {ev.error.type}"
     if op in ("connect", "connect_ex"):
@@ -188,12 +188,24 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
             where.setdefault(ref.seq, []).append(i)
     notes: dict[int, list[tuple[int, str]]] = {}  # segment index -> (sock, text)
     shown: set[int] = set()
+    pids = len({ev.pid for ev in trace.events}) > 1
+    # A descriptor shared by processes (fork) or dup() is closed several times; only the
+    # last close() sends the FIN, whichever of them the join credited with it.
+    closes: dict[int, list[CallEvent]] = {}
+    for call in trace.events:
+        if call.op == "close":
+            closes.setdefault(call.sock, []).append(call)
+    for evs in closes.values():
+        last = max(evs, key=lambda e: e.t)
+        for call in evs:
+            if call is not last and call.seq in where:
+                where.setdefault(last.seq, []).extend(where.pop(call.seq))
     for seq, idx in where.items():
         ev = by_seq.get(seq)
         if ev is None or ev.sock not in keys:
             continue
         home = keys[ev.sock]
-        text = call_text(ev)
+        text = call_text(ev, pid=pids)
         if ev.is_recv:
             # Drawn at the segment only if it was waiting for it; a recv called later
             # (the data had long arrived) is a note at its own time.
@@ -205,7 +217,7 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
             done = [i for i in idx if joined[i].role == "handshake"] or idx
             new = ev.extra.get("accepted", "?")
             notes.setdefault(done[-1], []).append(
-                (ev.sock, f"sock {ev.sock} accept() returns sock {new}"))
+                (ev.sock, f"{text.split('sock ', 1)[0]}sock {ev.sock} accept() returns sock {new}"))
             continue
         spans = ev.op.startswith("connect") and len(idx) > 1
         first = f"sock {ev.sock} {ev.op}() ..." if spans else text
@@ -242,6 +254,7 @@ def _at(states: StateMap | None, col: dict[str, int]) -> tuple[tuple[int, str], 
 def _call_rows(conns: Sequence[Connection], keys: dict[int, str], col: dict[str, int],
                shown: set[int], captured: bool) -> list[Row]:
     traced_keys = set(keys.values())
+    pids = len({ev.pid for c in conns for ev in c.events}) > 1
     inferred: dict[int, StateMap] = {}
     if not captured:
         inferred, _ = call_states(conns, keys, {c.sock: _specific(c.raddr) for c in conns})
@@ -253,7 +266,7 @@ def _call_rows(conns: Sequence[Connection], keys: dict[int, str], col: dict[str,
         for ev in c.events:
             if ev.seq in shown or ev.op in _QUIET_OPS:
                 continue
-            text = call_text(ev)
+            text = call_text(ev, pid=pids)
             ended = ev.t + ev.dur
             st = _at(inferred.get(ev.seq), col)
             if not captured and peer is not None and peer != here:

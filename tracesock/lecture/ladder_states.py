@@ -43,7 +43,9 @@ def segment_states(joined: Sequence[JoinedSegment]) -> tuple[dict[int, StateMap]
             continue  # the capture began mid-connection: the states are not known
         syn = next(s for s in segs if s.is_syn)
         a, b = _key(syn.src), _key(syn.dst)
-        listening = any(s.is_synack for s in segs)
+        # a listener answers a SYN, or (accept queue full) ignores it; no listener: RST
+        listening = any(s.is_synack for s in segs) or not any(
+            s.is_rst and _key(s.src) == b for s in segs)
         steps = track((Seg(0 if _key(s.src) == a else 1, flag_letters(s.flags), s.seq, s.ack,
                            s.length) for s in segs), initiator=0, listening=listening)
         initial.setdefault(a, State.CLOSED)

@@ -17,4 +17,6 @@ in captures/.
 - ``notebook.py``: the ``%%tracesock`` cell magic and a Trace's HTML view.
 - ``programs.py``: the lecture's clients as the notes write them, and their servers.
 - ``demo.py``: ``tracesock demo``: each scenario run, traced and captured.
+- ``demo_states.py``: the scenarios about states and queues: backlog, shared-close,
+  time-wait.
 """

@@ -15,9 +15,8 @@ carry a per-report prefix so that several reports live in one notebook.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import sys
+import uuid
 from collections.abc import Sequence
 from html import escape
 
@@ -67,7 +66,6 @@ _JS = """
 """
 
 _PALETTE = ("#1f5fbf", "#c26a00", "#2e8b57", "#6a3d9a", "#c0392b", "#008b8b", "#8b6914")
-_counter = itertools.count(1)
 
 
 def _conns_with_data(trace: Trace) -> list[Connection]:
@@ -192,8 +190,7 @@ def _timeline_table(trace: Trace) -> str:
 
 def report_fragment(trace: Trace, capture_path: str | None = None) -> str:
     """The report as one ``<div class="tracesock">`` with its style and script inline."""
-    seed = f"{trace.path}{capture_path}{next(_counter)}".encode()
-    rid = "tracesock-" + hashlib.sha1(seed).hexdigest()[:10]
+    rid = f"tracesock-{uuid.uuid4().hex[:12]}"  # unique per report: a notebook holds many
     head = f"{escape(trace.path)}: {len(trace.events)} calls"
     if capture_path is not None:
         head += f" + capture {escape(capture_path)}"

@@ -190,3 +190,17 @@ def test_refused_states() -> None:
     trace = load(str(CAPTURES / "refused.jsonl"))
     ladder = ladder_for(trace, str(CAPTURES / "refused.pcapng"))
     assert _state_walk(ladder, 0) == ["CLOSED", "SYN_SENT", "CLOSED"]
+
+
+def test_inferred_states_of_a_shared_descriptor_and_a_timed_out_connect() -> None:
+    shared = ladder_for(load(str(CAPTURES / "shared-close.jsonl")))
+    client_closes = [r for r in shared.rows if isinstance(r, Note) and r.col == 0
+                     and r.text.endswith("sock 2 close()")]
+    assert len(client_closes) == 2
+    # the parent's close() sends nothing: the child still holds the descriptor
+    assert dict(client_closes[0].states) == {0: "ESTABLISHED", 1: "ESTABLISHED"}
+    assert dict(client_closes[1].states)[0] == "FIN_WAIT_2"
+    backlog = ladder_for(load(str(CAPTURES / "backlog.jsonl")))
+    timed_out = next(c for c, col in enumerate(backlog.columns) if "sock 4" in col.subtitle)
+    assert _state_walk(backlog, timed_out) == [""]  # not guessed: the calls cannot tell
+    assert "LISTEN" in _state_walk(backlog, 1)

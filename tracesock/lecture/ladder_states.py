@@ -77,6 +77,20 @@ def _call(ev: CallEvent, side: int) -> Call | None:
     return Call(side, op)
 
 
+def _shared_closes(evs: list[tuple[float, int, CallEvent | None, Call]]
+                   ) -> list[tuple[float, int, CallEvent | None, Call]]:
+    """Mark every close() of a socket but its last (by time) as shared: a descriptor
+    closed several times was held by several processes (fork) or dup()s; only the last
+    close() sends the FIN."""
+    last: dict[int, float] = {}
+    for t, _, ev, call in evs:
+        if ev is not None and call.op == "close":
+            last[ev.sock] = max(t, last.get(ev.sock, t))
+    return [(t, seq, ev, Call(call.side, call.op, call.how, shared=True))
+            if ev is not None and call.op == "close" and t < last[ev.sock] else
+            (t, seq, ev, call) for t, seq, ev, call in evs]
+
+
 def call_states(conns: Iterable[Connection], keys: dict[int, str],
                 peer_key: dict[int, str | None]) -> tuple[dict[int, StateMap], StateMap]:
     """Per call seq, the inferred states of its two endpoints after it; and initial states."""
@@ -118,8 +132,12 @@ def call_states(conns: Iterable[Connection], keys: dict[int, str],
                 elif call.op == "eof":
                     evs.append((t - 1e-9, -1, None, Call(1 - call.side, "close")))
         evs.sort(key=lambda e: (e[0], e[1]))
-        refused = any(ev is not None and ev.op.startswith("connect") and ev.error is not None
-                      for _, _, ev, _ in evs)
+        failed = {ev.error.type for _, _, ev, _ in evs if ev is not None
+                  and ev.op.startswith("connect") and ev.error is not None}
+        if failed - {"ConnectionRefusedError"}:
+            continue  # timed out, unreachable...: the calls cannot tell what the peer did
+        refused = bool(failed)
+        evs = _shared_closes(evs)
         steps = infer_from_calls((e[3] for e in evs), initiator=0, listening=not refused)
         initial.setdefault(sides[0], State.CLOSED)
         initial.setdefault(sides[1], State.CLOSED if refused else State.LISTEN)

@@ -71,7 +71,7 @@ bench: venv
 
 # Regenerate the committed golden traces and captures in captures/.
 golden: venv
-	$(VENV)/bin/tracesock demo all --out captures
+	$(VENV)/bin/tracesock demo all --out captures --no-report
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -216,3 +216,9 @@ def test_shared_close_two_processes_close_one_socket(traces: dict[str, Trace]) -
 def test_time_wait_bind_fails_with_eaddrinuse(traces: dict[str, Trace]) -> None:
     bind = [e for e in traces["time-wait"].events if e.op == "bind"][-1]
     assert bind.error is not None and bind.error.errno == errno.EADDRINUSE
+
+
+def test_no_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "echo", "--out", str(tmp_path), "--no-capture", "--no-report"]) == 0
+    assert "echo report" not in capsys.readouterr().out
+    assert not (tmp_path / "echo.html").exists()

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="captures", metavar="DIR",
                       help="where NAME.jsonl and NAME.pcapng go (default: captures/)")
     demo.add_argument("--no-capture", action="store_true", help="traces only, no pcapng")
+    demo.add_argument("--no-report", action="store_true",
+                      help="do not write DIR/echo.html, the echo scenario's HTML report")
     demo.add_argument("--list", action="store_true", help="list the scenarios")
 
     an = sub.add_parser("analyze", help="TCP analysis of a capture with tshark/pyshark")

@@ -248,7 +248,7 @@ def _selected(names: list[str]) -> list[Scenario]:
 
 
 def cli(args: argparse.Namespace) -> int:
-    """``tracesock demo [NAME...] [--out DIR] [--no-capture] [--list]``."""
+    """``tracesock demo [NAME...] [--out DIR] [--no-capture] [--no-report] [--list]``."""
     if args.list:
         width = max(len(n) for n in scenario_names())
         for s in SCENARIOS:
@@ -275,11 +275,12 @@ def cli(args: argparse.Namespace) -> int:
               + (f" + {echo.capture_path}" if echo.capture_path else "") + "):")
         for line in render_text(ladder_for(load(echo.trace_path), echo.capture_path)):
             print(line)
-        from .report import write_report
+        if not args.no_report:
+            from .report import write_report
 
-        page = os.path.join(args.out, "echo.html")
-        write_report(echo.trace_path, echo.capture_path, page)
-        print(f"\necho report (open in a browser): {os.path.abspath(page)}")
+            page = os.path.join(args.out, "echo.html")
+            write_report(echo.trace_path, echo.capture_path, page)
+            print(f"\necho report (open in a browser): {os.path.abspath(page)}")
     return 0
 
 

@@ -270,7 +270,7 @@ _STATE_FILL = {"ESTABLISHED": "#d9f2d9", "CLOSED": "#eeeeee", "LISTEN": "#e0ecff
 def _state_pill(ladder: Ladder, x: float, y: float, name: str) -> str:
     """A TCP state on a lifeline: a rounded box centred on ``x``, its middle at ``y``."""
     text = state_label(ladder, name)
-    w = _text_w(text) * 0.85 + 10
+    w = _text_w(text) * 0.85 + 14
     fill = _STATE_FILL.get(name, "#f3e6ff")
     dash = ' stroke-dasharray="3 2"' if ladder.states_inferred else ""
     return (f'<g class="state"><rect x="{x - w / 2:.1f}" y="{y - 8:.1f}" width="{w:.1f}" '

@@ -84,10 +84,14 @@ def _axes(w: int, h: int, x_label: str, y_label: str, y_max: float, x_max: float
             f'<text x="46" y="{h - 30}" text-anchor="end">0</text>']
 
 
-def _legend(conns: Sequence[Connection], w: int) -> list[str]:
-    return [f'<text x="{w - 10}" y="{24 + 14 * i}" text-anchor="end" '
-            f'fill="{_PALETTE[i % len(_PALETTE)]}">sock {c.sock} ({c.role})</text>'
-            for i, c in enumerate(conns)]
+def _legend(conns: Sequence[Connection], h: int, tail: str = "") -> list[str]:
+    """One line per socket in its colour, under the plot (``_height`` leaves room)."""
+    return [f'<text x="50" y="{h + 6 + 14 * i}" fill="{_PALETTE[i % len(_PALETTE)]}">'
+            f"sock {c.sock} ({c.role}){tail}</text>" for i, c in enumerate(conns)]
+
+
+def _height(conns: Sequence[Connection], h: int) -> int:
+    return h + 14 * len(conns) + 4
 
 
 def recv_chart(trace: Trace, w: int = 460, h: int = 220) -> str:
@@ -96,7 +100,8 @@ def recv_chart(trace: Trace, w: int = 460, h: int = 220) -> str:
     bars = [(i, n) for i, c in enumerate(conns) for n in c.recv_chunks]
     y_max = max([n for _, n in bars] + [1])
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart recv-chart" width="{w}" '
-           f'height="{h}" font-size="10" font-family="sans-serif">',
+           f'height="{_height(conns, h)}" font-size="10" font-family="sans-serif">',
+           f'<rect width="{w}" height="{_height(conns, h)}" fill="#ffffff"/>',
            *_axes(w, h, "recv() calls in order", "bytes per recv()", y_max, len(bars))]
     step = (w - 70) / max(len(bars), 1)
     for k, (i, n) in enumerate(bars):
@@ -107,7 +112,7 @@ def recv_chart(trace: Trace, w: int = 460, h: int = 220) -> str:
                    f"{n} bytes</title></rect>")
     if not bars:
         out.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no recv() calls</text>')
-    out += _legend(conns, w)
+    out += _legend(conns, h)
     out.append("</svg>")
     return "\n".join(out)
 
@@ -115,7 +120,7 @@ def recv_chart(trace: Trace, w: int = 460, h: int = 220) -> str:
 def bytes_chart(trace: Trace, w: int = 460, h: int = 220) -> str:
     """Cumulative bytes sent (solid) and received (dashed) over time, per socket."""
     conns = _conns_with_data(trace)
-    t0 = min([c.events[0].t for c in conns if c.events] + [0.0])  # the first data socket
+    t0 = min((c.events[0].t for c in conns if c.events), default=0.0)  # first data socket
     series: list[tuple[int, bool, list[tuple[float, int]]]] = []
     for i, c in enumerate(conns):
         for sending in (True, False):
@@ -129,7 +134,8 @@ def bytes_chart(trace: Trace, w: int = 460, h: int = 220) -> str:
     t_max = max([p[0] for _, _, pts in series for p in pts] + [1e-3])
     y_max = max([p[1] for _, _, pts in series for p in pts] + [1])
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart bytes-chart" width="{w}" '
-           f'height="{h}" font-size="10" font-family="sans-serif">',
+           f'height="{_height(conns, h)}" font-size="10" font-family="sans-serif">',
+           f'<rect width="{w}" height="{_height(conns, h)}" fill="#ffffff"/>',
            *_axes(w, h, f"ms after {t0 * 1000:.3f} ms", "bytes so far", y_max,
                  round(t_max, 3))]
     for i, sending, pts in series:
@@ -146,8 +152,7 @@ def bytes_chart(trace: Trace, w: int = 460, h: int = 220) -> str:
                    f'{"sent" if sending else "received"}</title></polyline>')
     if not series:
         out.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no bytes moved</text>')
-    out += _legend(conns, w)
-    out.append(f'<text x="60" y="{h - 36}">solid: sent, dashed: received</text>')
+    out += _legend(conns, h, ": solid sent, dashed received")
     out.append("</svg>")
     return "\n".join(out)
 

@@ -106,6 +106,10 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
     assert re.search(r'class="tracesock"[^>]*data-ready="1"', dom.stdout), dom.stdout[:500]
     assert 'data-shown="15"' in dom.stdout and "15 of 15 calls" in dom.stdout
     assert dom.stdout.count("<svg") == 3 and '<table class="timeline">' in dom.stdout
+    # the filters, preset from the URL's fragment: sock 2 called recv once
+    filtered = _browser(tmp_path, "--dump-dom", url + "#sock=2&op=recv")
+    assert 'data-shown="1"' in filtered.stdout and "1 of 15 calls" in filtered.stdout
+    assert filtered.stdout.count('style="display: none;"') == 14
     shot = tmp_path / "report.png"
     run = _browser(tmp_path, "--window-size=1200,1600", f"--screenshot={shot}", url)
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]

@@ -5,7 +5,8 @@ or a USB stick with no network: CSS in a ``<style>``, the ladder (diagram.py's S
 TCP states), two charts drawn here as SVG (the size of each recv() per connection, and
 the bytes sent and received over time per connection), the per-connection stats of
 show.py, and the call timeline as a table that a few lines of inline JavaScript filter
-by socket and by operation. Nothing is fetched: no ``src=`` or ``href=`` to a URL.
+by socket and by operation (``report.html#sock=2&op=recv`` opens filtered). Nothing is
+fetched: no ``src=`` or ``href=`` to a URL.
 
 ``report_fragment`` is the page's body alone (a ``<div class="tracesock">``), used as the
 notebook's HTML view; ``report_document`` wraps it in a full HTML document. Element ids
@@ -58,6 +59,17 @@ _JS = """
     count.textContent = shown + " of " + rows.length + " calls";
     root.dataset.shown = String(shown);
   }
+  // report.html#sock=2&op=recv opens with those filters (links in slides, the tests)
+  var want = {};
+  (window.location.hash || "").replace(/^#/, "").split("&").forEach(function (kv) {
+    var p = kv.split("=");
+    if (p.length === 2) { want[p[0]] = decodeURIComponent(p[1]); }
+  });
+  [[sock, want.sock], [op, want.op]].forEach(function (sv) {
+    for (var i = 0; sv[1] !== undefined && i < sv[0].options.length; i++) {
+      if (sv[0].options[i].value === sv[1]) { sv[0].value = sv[1]; }
+    }
+  });
   sock.addEventListener("change", apply);
   op.addEventListener("change", apply);
   apply();

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYS_PACKAGES := libpcap0.8 tshark redis-server mariadb-server postgresql-15 mosquitto
+SYS_PACKAGES := libpcap0.8 tshark redis-server mariadb-server postgresql-15 mosquitto chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 
@@ -17,7 +17,8 @@ setup: venv
 # Debian packages: libpcap for scapy's BPF filters, tshark for pyshark and the
 # independent reading of captures, a C compiler and Python's headers for the compiled
 # journal (tracesock/record/_journal.c), mkfs.ext4 for the full-disk tests' small file system,
-# and the real servers the replay tests record (private instances, tests/realservers.py).
+# the real servers the replay tests record (private instances, tests/realservers.py),
+# and chromium, the headless browser that opens the HTML report (tests/test_report.py).
 # Installed non-interactively, only when missing.
 $(VENV)/.stamp-system: Makefile
 	@missing=""; for p in $(SYS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -70,7 +71,7 @@ bench: venv
 
 # Regenerate the committed golden traces and captures in captures/.
 golden: venv
-	$(VENV)/bin/tracesock demo all --out captures
+	$(VENV)/bin/tracesock demo all --out captures --no-report
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

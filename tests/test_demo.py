@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -137,6 +138,9 @@ def test_cli_prints_files_and_the_echo_ladder(tmp_path: Path,
     assert f"refused: {tmp_path / 'refused.jsonl'}" in out
     assert "echo ladder" in out and "connect()" in out
     assert not list(tmp_path.glob("*.pcapng"))
+    page = tmp_path / "echo.html"
+    assert f"echo report (open in a browser): {page}" in out
+    assert "<svg" in page.read_text(encoding="utf-8")
 
 
 def test_cli_in_a_subprocess(tmp_path: Path) -> None:
@@ -190,3 +194,31 @@ def test_capture_keeps_only_the_demos_connections(tmp_path: Path) -> None:
     segs = load_segments(result.capture_path)
     assert [s.flag_names for s in segs] == ["SYN", "RST,ACK"]
     assert load(result.trace_path).connections.keys() == {1}
+
+
+def test_backlog_third_connect_times_out(traces: dict[str, Trace]) -> None:
+    tr = traces["backlog"]
+    connects = [e for e in tr.events if e.op == "connect"]
+    assert [e.error.type if e.error else None for e in connects] == \
+        [None, None, "TimeoutError"]
+    assert sum(e.op == "accept" for e in tr.events) == 2
+
+
+def test_shared_close_two_processes_close_one_socket(traces: dict[str, Trace]) -> None:
+    tr = traces["shared-close"]
+    client = next(c for c in tr.connections.values() if c.role == "client")
+    closes = [e for e in client.events if e.op == "close"]
+    assert len({e.pid for e in closes}) == 2
+    server = next(c for c in tr.connections.values() if c.role == "server")
+    assert server.bytes_received == client.bytes_sent and server.recv_chunks[-1] == 0
+
+
+def test_time_wait_bind_fails_with_eaddrinuse(traces: dict[str, Trace]) -> None:
+    bind = [e for e in traces["time-wait"].events if e.op == "bind"][-1]
+    assert bind.error is not None and bind.error.errno == errno.EADDRINUSE
+
+
+def test_no_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "echo", "--out", str(tmp_path), "--no-capture", "--no-report"]) == 0
+    assert "echo report" not in capsys.readouterr().out
+    assert not (tmp_path / "echo.html").exists()

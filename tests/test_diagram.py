@@ -9,7 +9,7 @@ import pytest
 
 from tracesock.cli import main
 from tracesock.lecture.diagram import render_mermaid, render_svg, render_text
-from tracesock.lecture.ladder import Arrow, Note, build_ladder, ladder_for
+from tracesock.lecture.ladder import Arrow, Ladder, Note, build_ladder, ladder_for
 from tracesock.trace.reader import load
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
@@ -128,3 +128,79 @@ def test_trace_without_tcp_says_so(tmp_path: Path) -> None:
         u.close()
     lines = list(render_text(build_ladder(load(path))))
     assert "no TCP connection" in lines[0]
+
+
+def _state_walk(ladder, col: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """The states a column goes through, repeats removed, the initial one first."""
+    walk = [ladder.initial_states[col]]
+    for row in ladder.rows:
+        for c, st in row.states:
+            if c == col and st != walk[-1]:
+                walk.append(st)
+    return walk
+
+
+def test_states_from_the_echo_capture() -> None:
+    ladder = _echo()
+    assert not ladder.states_inferred
+    assert _state_walk(ladder, 0) == ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT_1",
+                                      "TIME_WAIT"]
+    assert _state_walk(ladder, 1) == ["LISTEN", "SYN_RCVD", "ESTABLISHED", "CLOSE_WAIT",
+                                      "LAST_ACK", "CLOSED"]
+    lines = list(render_text(ladder))
+    after_synack = lines[lines.index(_line(lines, "SYN,ACK")) + 1]
+    assert "[ESTABLISHED]" in after_synack
+    assert "[TIME_WAIT]" in lines[lines.index(_line(lines, "FIN,ACK seq=21 ack=22")) + 1]
+    assert "?" not in "".join(ln for ln in lines if "[" in ln and "]" in ln and "(" not in ln)
+    mermaid = render_mermaid(ladder)
+    assert "Note over P0: [TIME_WAIT]" in mermaid and "Note over P1: [LAST_ACK]" in mermaid
+    svg = render_svg(ladder)
+    ET.fromstring(svg)
+    assert ">FIN_WAIT_1<" in svg and ">CLOSE_WAIT<" in svg
+
+
+def test_states_from_the_half_close_capture() -> None:
+    trace = load(str(CAPTURES / "half-close.jsonl"))
+    ladder = ladder_for(trace, str(CAPTURES / "half-close.pcapng"))
+    # the client shuts down its sending side first: FIN_WAIT_2 while it still receives
+    assert _state_walk(ladder, 0) == ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT_1",
+                                      "FIN_WAIT_2", "TIME_WAIT"]
+    assert _state_walk(ladder, 1) == ["LISTEN", "SYN_RCVD", "ESTABLISHED", "CLOSE_WAIT",
+                                      "LAST_ACK", "CLOSED"]
+    data_back = [r for r in ladder.rows if isinstance(r, Arrow) and r.src == 1
+                 and "len=41" in r.label]
+    assert data_back  # the server's reply travels while the client is in FIN_WAIT_2
+    before = [r for r in ladder.rows if r.t <= data_back[0].t]
+    assert _state_walk(Ladder(ladder.title, ladder.columns, tuple(before), True,
+                              ladder.initial_states), 0)[-1] == "FIN_WAIT_2"
+
+
+def test_states_inferred_from_calls_are_marked() -> None:
+    trace = load(str(CAPTURES / "half-close.jsonl"))
+    ladder = ladder_for(trace)
+    assert ladder.states_inferred
+    assert _state_walk(ladder, 0) == ["CLOSED", "ESTABLISHED", "FIN_WAIT_2", "TIME_WAIT"]
+    assert _state_walk(ladder, 1) == ["LISTEN", "ESTABLISHED", "CLOSE_WAIT", "CLOSED"]
+    text = "\n".join(render_text(ladder))
+    assert "[FIN_WAIT_2?]" in text and "[CLOSE_WAIT?]" in text and "inferred" in text
+    assert "[TIME_WAIT?]" in render_mermaid(ladder)
+
+
+def test_refused_states() -> None:
+    trace = load(str(CAPTURES / "refused.jsonl"))
+    ladder = ladder_for(trace, str(CAPTURES / "refused.pcapng"))
+    assert _state_walk(ladder, 0) == ["CLOSED", "SYN_SENT", "CLOSED"]
+
+
+def test_inferred_states_of_a_shared_descriptor_and_a_timed_out_connect() -> None:
+    shared = ladder_for(load(str(CAPTURES / "shared-close.jsonl")))
+    client_closes = [r for r in shared.rows if isinstance(r, Note) and r.col == 0
+                     and r.text.endswith("sock 2 close()")]
+    assert len(client_closes) == 2
+    # the parent's close() sends nothing: the child still holds the descriptor
+    assert dict(client_closes[0].states) == {0: "ESTABLISHED", 1: "ESTABLISHED"}
+    assert dict(client_closes[1].states)[0] == "FIN_WAIT_2"
+    backlog = ladder_for(load(str(CAPTURES / "backlog.jsonl")))
+    timed_out = next(c for c, col in enumerate(backlog.columns) if "sock 4" in col.subtitle)
+    assert _state_walk(backlog, timed_out) == [""]  # not guessed: the calls cannot tell
+    assert "LISTEN" in _state_walk(backlog, 1)

@@ -7,6 +7,8 @@ trace format's JSON Schema, and each capture must open in tshark.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import os
 import shutil
@@ -19,6 +21,8 @@ import pytest
 from tracesock.capture.join import load_segments
 from tracesock.capture.segments import Segment
 from tracesock.lecture import demo, programs
+from tracesock.lecture.diagram import render_text
+from tracesock.lecture.ladder import Ladder, ladder_for
 from tracesock.trace.reader import Connection, Trace, load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +89,9 @@ def test_captures_open_in_tshark(name: str) -> None:
     assert len(proc.stdout.splitlines()) == len(_segments(name))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "refused"])
+# refused: no handshake at all; backlog: three clients, one of them never answered
+# (its own test below)
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("refused", "backlog")])
 def test_every_connection_opens_with_a_handshake_and_closes_with_two_fins(name: str) -> None:
     segs = _segments(name)
     assert [s.flag_names for s in segs[:3]] == ["SYN", "SYN,ACK", "ACK"]
@@ -159,3 +165,70 @@ def test_utf8_split() -> None:
     data = [e.data or b"" for e in client.events if e.op == "recv" and e.nbytes]
     assert b"".join(data).decode("utf-8") == "Hello, 대한민국!"
     assert _data_lengths(segs, segs[0].dst) == [8, 12]
+
+
+def _walk(ladder: Ladder, col: int) -> list[str]:
+    walk = [ladder.initial_states[col]]
+    for row in ladder.rows:
+        walk += [st for c, st in row.states if c == col and st != walk[-1]]
+    return walk
+
+
+def _ladder(name: str) -> Ladder:
+    return ladder_for(_trace(name), str(CAPTURES / f"{name}.pcapng"))
+
+
+def test_backlog() -> None:
+    tr, segs = _trace("backlog"), _segments("backlog")
+    listen = next(e for e in tr.events if e.op == "listen")
+    assert listen.args.get("backlog") == 1
+    connects = [e for e in tr.events if e.op == "connect"]
+    assert [e.error.type if e.error else None for e in connects] == \
+        [None, None, "TimeoutError"]
+    ignored = connects[2].laddr
+    syns = [s for s in segs if s.is_syn and (s.src[0], s.src[1]) == (ignored[0], ignored[1])]
+    assert len(syns) >= 3  # the first SYN and at least two retransmissions, never answered
+    gaps = [b.time - a.time for a, b in itertools.pairwise(syns)]
+    assert all(0.8 < g < 2.5 for g in gaps[:2]), gaps  # about 1 s, then 1 s or 2 s
+    assert not any(s.is_synack and (s.dst[0], s.dst[1]) == (ignored[0], ignored[1])
+                   for s in segs)
+    assert not any(s.is_rst for s in segs)  # dropped, not refused
+    assert 3.0 < connects[2].dur < 4.5
+    accepts = [e for e in tr.events if e.op == "accept"]
+    assert len(accepts) == 2 and all(a.t > connects[2].t + 3 for a in accepts)
+    ladder = _ladder("backlog")
+    col = [c.key for c in ladder.columns].index(f"{ignored[0]}:{ignored[1]}")
+    assert _walk(ladder, col) == ["CLOSED", "SYN_SENT"]  # never got further
+
+
+def test_shared_close() -> None:
+    tr, segs = _trace("shared-close"), _segments("shared-close")
+    client = _one(tr, "client")
+    closes = [e for e in client.events if e.op == "close"]
+    assert len(closes) == 2 and closes[0].pid != closes[1].pid  # parent, then child
+    c = segs[0].src
+    fin = next(s for s in segs if s.is_fin and s.src == c)
+    epoch = float(tr.header.extra["epoch"])
+    # no FIN at the parent's close(): it leaves only when the child, the last holder, closes
+    assert fin.time - epoch > closes[0].t + 0.2
+    assert fin.time - epoch >= closes[1].t
+    child_data = [s for s in segs if s.src == c and s.length][-1]
+    assert child_data.time - epoch > closes[0].t  # the child still sends after that close()
+    assert _one(tr, "server").recv_chunks[-1] == 0
+    lines = list(render_text(_ladder("shared-close")))
+    fin_line = next(ln for ln in lines if "FIN,ACK" in ln and "close()" in ln)
+    assert f"pid {closes[1].pid} sock {client.sock} close()" in fin_line
+
+
+def test_time_wait() -> None:
+    tr, segs = _trace("time-wait"), _segments("time-wait")
+    s = segs[0].dst
+    assert _fin_senders(segs)[0] == s  # the server closes first: the active closer
+    bind = [e for e in tr.events if e.op == "bind"][-1]
+    assert bind.error is not None and bind.error.type == "OSError"
+    assert bind.error.errno == errno.EADDRINUSE
+    assert tuple(bind.args["address"])[1] == s[1]
+    ladder = _ladder("time-wait")
+    server_col = [c.key for c in ladder.columns].index(f"{s[0]}:{s[1]}")
+    assert _walk(ladder, server_col)[-1] == "TIME_WAIT"
+    assert _walk(ladder, 0)[-3:] == ["CLOSE_WAIT", "LAST_ACK", "CLOSED"]

@@ -1,4 +1,4 @@
-"""The ``tracesock`` command: run, show, stats, demo, analyze, diagram.
+"""The ``tracesock`` command: run, replay, show, stats, demo, analyze, diagram, report.
 
 Every error of tracesock's own is one line on stderr (``tracesock: error: ...``) and exit
 status 2; the traced program's own exit status and traceback are passed through as
@@ -57,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...]",
                      help="the script and its arguments (or the module's arguments with -m)")
 
+    rp = sub.add_parser("replay", help="re-run a script against its trace, with no network",
+                        description="Run a script unchanged, as 'python SCRIPT ARGS' would, "
+                                    "with every socket answered from TRACE. A difference from "
+                                    "the recording is one line on stderr and exit status 1; a "
+                                    "trace that cannot be replayed, exit status 2.")
+    rp.add_argument("trace", metavar="TRACE.jsonl")
+    rp.add_argument("--check", choices=("concat", "strict", "off"), default="concat",
+                    help="compare what is sent: the bytes (concat, default), each call too "
+                         "(strict), or nothing (off)")
+    rp.add_argument("-m", dest="module", metavar="MODULE",
+                    help="run a module as 'python -m MODULE' would")
+    # main() splits the program's words off first (_split_run), so argparse never sees them
+    rp.add_argument("target", nargs="*", metavar="SCRIPT [ARGS...]",
+                    help="the script and its arguments (or the module's arguments with -m)")
+
     show = sub.add_parser("show", help="print a trace as a readable timeline")
     show.add_argument("trace", metavar="TRACE.jsonl")
     show.add_argument("--capture", metavar="CAPTURE.pcapng",
@@ -72,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="captures", metavar="DIR",
                       help="where NAME.jsonl and NAME.pcapng go (default: captures/)")
     demo.add_argument("--no-capture", action="store_true", help="traces only, no pcapng")
+    demo.add_argument("--no-report", action="store_true",
+                      help="do not write DIR/echo.html, the echo scenario's HTML report")
     demo.add_argument("--list", action="store_true", help="list the scenarios")
 
     an = sub.add_parser("analyze", help="TCP analysis of a capture with tshark/pyshark")
@@ -83,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--capture", metavar="CAPTURE.pcapng")
     dg.add_argument("--format", choices=("text", "mermaid", "svg"), default="text")
     dg.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    rep = sub.add_parser("report", help="one self-contained HTML page: timeline, ladder, charts",
+                        description="Write one HTML file (inline CSS, JS and SVG; nothing "
+                                    "fetched) with the call timeline filterable by socket and "
+                                    "operation, the ladder with TCP states, per-connection "
+                                    "stats and charts of recv() sizes and bytes over time.")
+    rep.add_argument("trace", metavar="TRACE.jsonl")
+    rep.add_argument("--capture", metavar="CAPTURE.pcapng")
+    rep.add_argument("-o", "--output", metavar="REPORT.html", default="report.html",
+                    help="where the page goes (default: report.html)")
     return parser
 
 
@@ -131,6 +158,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_program(args)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .replay.program import run_replayed
+
+    return run_replayed(args)
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -146,11 +179,13 @@ def _cmd_feature(module: str) -> Command:
 
 _COMMANDS: dict[str, Command] = {
     "run": _cmd_run,
+    "replay": _cmd_replay,
     "show": _cmd_show,
     "stats": _cmd_stats,
     "demo": _cmd_feature("lecture.demo"),
     "analyze": _cmd_feature("capture.tshark"),
     "diagram": _cmd_feature("lecture.diagram"),
+    "report": _cmd_feature("lecture.report"),
 }
 
 
@@ -160,13 +195,19 @@ def _print_warnings(warnings: Sequence[str]) -> None:
 
 
 def _split_run(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
-    """Split ``run [OPTIONS] (SCRIPT | -m MODULE) ARGS...`` where Python would: every word
-    after the script (or after ``-m MODULE``) belongs to the program, even ``-v``."""
+    """Split ``run [OPTIONS] (SCRIPT | -m MODULE) ARGS...`` (and ``replay TRACE [OPTIONS]
+    ...``) where Python would: every word after the script (or after ``-m MODULE``)
+    belongs to the program, even ``-v``."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    run = sub.choices["run"]
+    command = argv[0]
+    run = sub.choices[command]
     takes_value = {opt for action in run._actions if action.nargs != 0
                    for opt in action.option_strings}
-    i = argv.index("run") + 1
+    i = 1
+    if command == "replay":  # its TRACE comes first
+        while i < len(argv) and argv[i].startswith("-") and argv[i] != "-m":
+            i += 2 if argv[i] in takes_value else 1
+        i += 1
     while i < len(argv):
         word = argv[i]
         if word == "--":
@@ -185,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     program: list[str] | None = None
-    if words and words[0] == "run":
+    if words and words[0] in ("run", "replay"):
         words, program = _split_run(parser, words)
     args = parser.parse_args(words)
     if program is not None:

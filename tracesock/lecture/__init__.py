@@ -10,7 +10,13 @@ in captures/.
 - ``ladder.py``: the ladder diagram as plain data, from calls and joined segments.
 - ``diagram.py``: the ladder drawn as text, Mermaid and SVG (``tracesock diagram``).
 - ``tcpstates.py``: the TCP state of each end after each segment (I/O-free).
+- ``ladder_states.py``: those states for each ladder column, from the capture or
+  inferred from the calls.
+- ``report.py``: ``tracesock report``: one self-contained HTML page (timeline with
+  filters, ladder with states, stats, charts); also the notebook's view.
 - ``notebook.py``: the ``%%tracesock`` cell magic and a Trace's HTML view.
 - ``programs.py``: the lecture's clients as the notes write them, and their servers.
 - ``demo.py``: ``tracesock demo``: each scenario run, traced and captured.
+- ``demo_states.py``: the scenarios about states and queues: backlog, shared-close,
+  time-wait.
 """

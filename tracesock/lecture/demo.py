@@ -12,6 +12,7 @@ the files:
   descriptors in the real socket class itself (``accept_untraced``).
 * Servers that are part of the lesson (echo, half-close, chunking, utf8-split) create
   their listener inside the trace, so their ``accept()`` and their recvs are recorded.
+* ``backlog``, ``shared-close`` and ``time-wait`` are in demo_states.py.
 * Every server thread is joined before the traced block ends, and scenarios run one
   after the other: nothing of one scenario is still running when the next trace opens.
 * The capture keeps only the traced connections' segments (capture.py joins them with
@@ -37,6 +38,7 @@ from typing import Any
 from ..errors import UsageError
 from ..record.tracing import trace
 from ..trace.reader import Trace, load
+from .demo_states import run_backlog, run_shared_close, run_time_wait
 from .programs import (
     ATTEMPTS,
     CHUNK_SEND,
@@ -153,6 +155,7 @@ class Scenario:
     summary: str
     run: Callable[[TracedBlock], str]
     shows: Callable[[Trace], bool] | None = None  # did this run show the point?
+    follow_children: bool = False  # trace the processes it forks too
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -170,6 +173,12 @@ SCENARIOS: tuple[Scenario, ...] = (
              _run_chunking),
     Scenario("utf8-split", "a multi-byte character split across two recvs",
              _run_utf8_split, _shows_utf8_split),
+    Scenario("backlog", "listen(1), no accept yet, 3 clients: the third SYN is ignored, "
+             "retransmitted, and connect() times out", run_backlog),
+    Scenario("shared-close", "close() while a forked child holds the descriptor: no FIN "
+             "until the child closes it", run_shared_close, follow_children=True),
+    Scenario("time-wait", "the server closes first and stays in TIME_WAIT; bind() to its "
+             "port without SO_REUSEADDR: EADDRINUSE", run_time_wait),
 )
 
 
@@ -202,7 +211,8 @@ def run_scenario(scenario: Scenario, out_dir: str, *, capture: bool = True,
     trace_path = os.path.join(out_dir, f"{scenario.name}.jsonl")
     cap_path = os.path.join(out_dir, f"{scenario.name}.pcapng") if capture else None
     say: Warn = warn if warn is not None else _stderr
-    options: dict[str, Any] = {"argv": ["tracesock", "demo", scenario.name], "warn": say}
+    options: dict[str, Any] = {"argv": ["tracesock", "demo", scenario.name], "warn": say,
+                               "follow_children": scenario.follow_children}
     if cap_path is not None:
         options.update(capture=cap_path, capture_all=True, capture_required=capture_required)
 
@@ -238,7 +248,7 @@ def _selected(names: list[str]) -> list[Scenario]:
 
 
 def cli(args: argparse.Namespace) -> int:
-    """``tracesock demo [NAME...] [--out DIR] [--no-capture] [--list]``."""
+    """``tracesock demo [NAME...] [--out DIR] [--no-capture] [--no-report] [--list]``."""
     if args.list:
         width = max(len(n) for n in scenario_names())
         for s in SCENARIOS:
@@ -265,6 +275,12 @@ def cli(args: argparse.Namespace) -> int:
               + (f" + {echo.capture_path}" if echo.capture_path else "") + "):")
         for line in render_text(ladder_for(load(echo.trace_path), echo.capture_path)):
             print(line)
+        if not args.no_report:
+            from .report import write_report
+
+            page = os.path.join(args.out, "echo.html")
+            write_report(echo.trace_path, echo.capture_path, page)
+            print(f"\necho report (open in a browser): {os.path.abspath(page)}")
     return 0
 
 

@@ -38,6 +38,35 @@ def _notes_of(row: Row, c: int) -> tuple[str, ...]:
     return out
 
 
+def state_label(ladder: Ladder, name: str) -> str:
+    """A state as drawn: ``ESTABLISHED``, or ``ESTABLISHED?`` when inferred from calls."""
+    return name + ("?" if ladder.states_inferred and name else "")
+
+
+def states_legend(ladder: Ladder) -> str:
+    """What the state marks on a ladder mean."""
+    if ladder.states_inferred:
+        return ("[STATE?] = TCP state after the call, inferred from the calls "
+                "(no capture; transient states never show)")
+    return "[STATE] = TCP state after the segment, from the capture"
+
+
+def _changed(row: Row, last: dict[int, str]) -> dict[int, str]:
+    """The states of ``row`` that differ from ``last`` (which is updated)."""
+    out = {c: st for c, st in row.states if last.get(c) != st}
+    last.update(out)
+    return out
+
+
+def _state_line(ladder: Ladder, lay: _TextLayout, width: int, states: dict[int, str]) -> str:
+    line = list(_lifelines(lay, width + lay.gap))
+    for c, name in states.items():
+        text = f"[{state_label(ladder, name)}]"
+        start = max(0, lay.xs[c] - len(text) // 2)
+        line[start:start + len(text)] = text
+    return "".join(line)
+
+
 def render_text(ladder: Ladder, *, max_gap: int = 56) -> Iterator[str]:
     """The ladder as monospace text: a time column, one lifeline per endpoint."""
     n = len(ladder.columns)
@@ -61,7 +90,11 @@ def render_text(ladder: Ladder, *, max_gap: int = 56) -> Iterator[str]:
             start = max(0, x - len(text) // 2)
             line[start:start + len(text)] = text
         yield (stamp + "".join(line)).rstrip()
-    yield (stamp + _lifelines(lay, width)).rstrip()
+    last = {c: st for c, st in enumerate(ladder.initial_states) if st}
+    if last:
+        yield (stamp + _state_line(ladder, lay, width, last)).rstrip()
+    else:
+        yield (stamp + _lifelines(lay, width)).rstrip()
     for row, lnote in zip(ladder.rows, left_notes, strict=True):
         canvas = list(_lifelines(lay, width))
         if isinstance(row, Arrow) and row.src != row.dst:
@@ -72,6 +105,10 @@ def render_text(ladder: Ladder, *, max_gap: int = 56) -> Iterator[str]:
         if lnote:
             body = lnote.rjust(left - 2)[-(left - 2):] + body[left - 2:]
         yield (f"{row.t * 1000:9.3f} ms " + body + ("  " + right if right else "")).rstrip()
+        if changed := _changed(row, last):
+            yield (stamp + _state_line(ladder, lay, width, changed)).rstrip()
+    if any(ladder.initial_states) or any(r.states for r in ladder.rows):
+        yield states_legend(ladder)
 
 
 def _lifelines(lay: _TextLayout, width: int) -> str:
@@ -108,9 +145,18 @@ def render_mermaid(ladder: Ladder) -> str:
     out = ["sequenceDiagram"]
     for i, c in enumerate(ladder.columns):
         out.append(f"    participant P{i} as {_mermaid_text(c.key)}")
+    last = {c: st for c, st in enumerate(ladder.initial_states) if st}
+    for k, st in last.items():
+        out.append(f"    Note over P{k}: [{state_label(ladder, st)}]")
+
+    def states(row: Row) -> None:
+        for c, st in sorted(_changed(row, last).items()):
+            out.append(f"    Note over P{c}: [{state_label(ladder, st)}]")
+
     for row in ladder.rows:
         if isinstance(row, Note):
             out.append(f"    Note over P{row.col}: {_mermaid_text(row.text)}")
+            states(row)
             continue
         for text in row.src_notes:
             out.append(f"    Note over P{row.src}: {_mermaid_text(text)}")
@@ -118,6 +164,7 @@ def render_mermaid(ladder: Ladder) -> str:
         out.append(f"    P{row.src}{kind}P{row.dst}: {_mermaid_text(row.label)}")
         for text in row.dst_notes:
             out.append(f"    Note over P{row.dst}: {_mermaid_text(text)}")
+        states(row)
     return "\n".join(out) + "\n"
 
 
@@ -146,8 +193,10 @@ def render_svg(ladder: Ladder) -> str:
                    for t in _notes_of(r, c)] + [60.0])
     x0 = 90 + left_w + 20
     xs = [x0 + i * gap for i in range(n)]
-    top = 100
-    height = top + _ROW_H * (len(ladder.rows) + 1) + 40
+    has_states = any(ladder.initial_states) or any(r.states for r in ladder.rows)
+    row_h = _ROW_H + 12 if has_states else _ROW_H
+    top = 118 if has_states else 100
+    height = top + row_h * (len(ladder.rows) + 1) + (60 if has_states else 40)
     width = xs[-1] + 20 + right_w + 20
     legend = ("segments from the capture: flags, relative seq/ack, payload length; calls "
               "beside them" if ladder.captured else "calls only (no capture)")
@@ -165,7 +214,9 @@ def render_svg(ladder: Ladder) -> str:
             f'<text x="12" y="22" font-size="14" font-weight="bold">'
             f"{escape(ladder.title)}</text>",
             f'<text x="12" y="40" fill="#555555">{escape(legend)}</text>']
-    bottom = height - 30
+    bottom = height - (50 if has_states else 30)
+    last = {c: st for c, st in enumerate(ladder.initial_states) if st}
+    pills = [_state_pill(ladder, xs[k], 106, st) for k, st in last.items()]
     for x, c in zip(xs, ladder.columns, strict=True):
         box_w = max(_text_w(c.key), _text_w(c.subtitle)) + 20
         out.append(f'<rect x="{x - box_w / 2:.1f}" y="52" width="{box_w:.1f}" height="38" '
@@ -176,9 +227,12 @@ def render_svg(ladder: Ladder) -> str:
                    f'font-size="11">{escape(c.subtitle)}</text>')
         out.append(f'<line x1="{x:.1f}" y1="90" x2="{x:.1f}" y2="{bottom}" stroke="#999999" '
                    'stroke-dasharray="4 4"/>')
+    out += pills
     out.append(f'<text x="12" y="{top - 4}" fill="#555555" font-size="11">time (ms)</text>')
     for i, row in enumerate(ladder.rows):
-        y = top + _ROW_H * (i + 1)
+        y = top + row_h * (i + 1)
+        for k, st in _changed(row, last).items():
+            out.append(_state_pill(ladder, xs[k], y + 15, st))
         out.append(f'<text x="12" y="{y + 4}" fill="#555555" font-size="11">'
                    f"{row.t * 1000:.3f}</text>")
         if isinstance(row, Arrow) and row.src != row.dst:
@@ -201,8 +255,28 @@ def render_svg(ladder: Ladder) -> str:
             else:
                 out.append(f'<text x="{xs[k] + 10:.1f}" y="{y + 4}" fill="#6a3d9a">'
                            f"{text}</text>")
+    if has_states:
+        out.append(f'<text x="12" y="{height - 16}" fill="#555555" font-size="11">'
+                   f"{escape(states_legend(ladder))}</text>")
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+_STATE_FILL = {"ESTABLISHED": "#d9f2d9", "CLOSED": "#eeeeee", "LISTEN": "#e0ecff",
+               "TIME_WAIT": "#fde2c8", "CLOSE_WAIT": "#fff3c4", "LAST_ACK": "#fff3c4",
+               "CLOSING": "#fde2c8"}
+
+
+def _state_pill(ladder: Ladder, x: float, y: float, name: str) -> str:
+    """A TCP state on a lifeline: a rounded box centred on ``x``, its middle at ``y``."""
+    text = state_label(ladder, name)
+    w = _text_w(text) * 0.85 + 14
+    fill = _STATE_FILL.get(name, "#f3e6ff")
+    dash = ' stroke-dasharray="3 2"' if ladder.states_inferred else ""
+    return (f'<g class="state"><rect x="{x - w / 2:.1f}" y="{y - 8:.1f}" width="{w:.1f}" '
+            f'height="15" rx="7" fill="{fill}" stroke="#777777"{dash}/>'
+            f'<text x="{x:.1f}" y="{y + 3.5:.1f}" text-anchor="middle" font-size="10">'
+            f"{escape(text)}</text></g>")
 
 
 # -- command line ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from ..capture.join import JoinedSegment, join, load_segments
 from ..capture.segments import Endpoint
 from ..trace.events import CallEvent, call_label, format_addr
 from ..trace.reader import Connection, Trace
+from .ladder_states import StateMap, call_states, segment_states
 
 _QUIET_OPS = frozenset({"socket", "settimeout", "setblocking", "setsockopt", "getsockopt",
                         "getsockname", "getpeername", "fileno", "detach", "dup"})
@@ -55,6 +56,7 @@ class Arrow:
     role: str  # handshake, data, ack, fin, fin-ack, rst, call
     src_notes: tuple[str, ...] = ()
     dst_notes: tuple[str, ...] = ()
+    states: tuple[tuple[int, str], ...] = ()  # (column, TCP state after this row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class Note:
     t: float
     col: int
     text: str
+    states: tuple[tuple[int, str], ...] = ()
 
 
 Row = Arrow | Note
@@ -75,6 +78,8 @@ class Ladder:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
     captured: bool = False
+    initial_states: tuple[str, ...] = ()  # per column, "" where not known
+    states_inferred: bool = False  # states guessed from calls (no capture)
 
 
 # -- building -----------------------------------------------------------------------------
@@ -149,10 +154,10 @@ def _subtitles(conns: Sequence[Connection], keys: dict[int, str]) -> dict[str, s
     return {k: ", ".join(v) for k, v in at.items()}
 
 
-def call_text(ev: CallEvent) -> str:
-    """A call as a diagram note: ``sock 2 recv(1024) = 20``."""
+def call_text(ev: CallEvent, *, pid: bool = False) -> str:
+    """A call as a diagram note: ``sock 2 recv(1024) = 20`` (``pid 7 sock 2 ...``)."""
     op = ev.op
-    head = f"sock {ev.sock} "
+    head = (f"pid {ev.pid} " if pid and ev.pid is not None else "") + f"sock {ev.sock} "
     if ev.error is not None:
         return f"{head}{op}() -> {ev.error.type}"
     if op in ("connect", "connect_ex"):
@@ -183,12 +188,24 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
             where.setdefault(ref.seq, []).append(i)
     notes: dict[int, list[tuple[int, str]]] = {}  # segment index -> (sock, text)
     shown: set[int] = set()
+    pids = len({ev.pid for ev in trace.events}) > 1
+    # A descriptor shared by processes (fork) or dup() is closed several times; only the
+    # last close() sends the FIN, whichever of them the join credited with it.
+    closes: dict[int, list[CallEvent]] = {}
+    for call in trace.events:
+        if call.op == "close":
+            closes.setdefault(call.sock, []).append(call)
+    for evs in closes.values():
+        last = max(evs, key=lambda e: e.t)
+        for call in evs:
+            if call is not last and call.seq in where:
+                where.setdefault(last.seq, []).extend(where.pop(call.seq))
     for seq, idx in where.items():
         ev = by_seq.get(seq)
         if ev is None or ev.sock not in keys:
             continue
         home = keys[ev.sock]
-        text = call_text(ev)
+        text = call_text(ev, pid=pids)
         if ev.is_recv:
             # Drawn at the segment only if it was waiting for it; a recv called later
             # (the data had long arrived) is a note at its own time.
@@ -200,7 +217,7 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
             done = [i for i in idx if joined[i].role == "handshake"] or idx
             new = ev.extra.get("accepted", "?")
             notes.setdefault(done[-1], []).append(
-                (ev.sock, f"sock {ev.sock} accept() returns sock {new}"))
+                (ev.sock, f"{text.split('sock ', 1)[0]}sock {ev.sock} accept() returns sock {new}"))
             continue
         spans = ev.op.startswith("connect") and len(idx) > 1
         first = f"sock {ev.sock} {ev.op}() ..." if spans else text
@@ -212,11 +229,13 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
                 notes.setdefault(back, []).append((ev.sock, f"sock {ev.sock} {ev.op}() "
                                                    f"{ending}"))
     rows: list[Row] = []
+    states, _ = segment_states(joined)
     for i, js in enumerate(joined):
         s = js.segment
         src, dst = _ep_key(s.src), _ep_key(s.dst)
         here = notes.get(i, [])
         rows.append(Arrow(
+            states=_at(states.get(i), col),
             t=s.time - epoch, src=col[src], dst=col[dst], label=_segment_label(js),
             role=js.role,
             src_notes=tuple(t for sock, t in here if keys.get(sock) == src),
@@ -225,9 +244,20 @@ def _segment_rows(trace: Trace, joined: Sequence[JoinedSegment], keys: dict[int,
     return rows, shown
 
 
+def _at(states: StateMap | None, col: dict[str, int]) -> tuple[tuple[int, str], ...]:
+    """``{key: State}`` as sorted ``(column, name)`` pairs."""
+    if not states:
+        return ()
+    return tuple(sorted((col[k], st.name) for k, st in states.items() if k in col))
+
+
 def _call_rows(conns: Sequence[Connection], keys: dict[int, str], col: dict[str, int],
                shown: set[int], captured: bool) -> list[Row]:
     traced_keys = set(keys.values())
+    pids = len({ev.pid for c in conns for ev in c.events}) > 1
+    inferred: dict[int, StateMap] = {}
+    if not captured:
+        inferred, _ = call_states(conns, keys, {c.sock: _specific(c.raddr) for c in conns})
     rows: list[Row] = []
     for c in conns:
         here = col[keys[c.sock]]
@@ -236,22 +266,25 @@ def _call_rows(conns: Sequence[Connection], keys: dict[int, str], col: dict[str,
         for ev in c.events:
             if ev.seq in shown or ev.op in _QUIET_OPS:
                 continue
-            text = call_text(ev)
+            text = call_text(ev, pid=pids)
             ended = ev.t + ev.dur
+            st = _at(inferred.get(ev.seq), col)
             if not captured and peer is not None and peer != here:
                 if ev.op in ("connect", "connect_ex"):
-                    rows.append(Arrow(ev.t, here, peer, "connect", "call", src_notes=(text,)))
+                    rows.append(Arrow(ev.t, here, peer, "connect", "call", src_notes=(text,),
+                                      states=st))
                     continue
                 if ev.is_send and ev.error is None:
                     rows.append(Arrow(ev.t, here, peer, f"{ev.nbytes} bytes", "call",
-                                      src_notes=(text,)))
+                                      src_notes=(text,), states=st))
                     continue
                 if ev.is_recv and ev.error is None and peer_key not in traced_keys:
                     label = "EOF" if ev.nbytes == 0 else f"{ev.nbytes} bytes"
-                    rows.append(Arrow(ended, peer, here, label, "call", dst_notes=(text,)))
+                    rows.append(Arrow(ended, peer, here, label, "call", dst_notes=(text,),
+                                      states=st))
                     continue
             at = ended if ev.is_recv or ev.op == "accept" else ev.t
-            rows.append(Note(at, here, text))
+            rows.append(Note(at, here, text, states=st))
     return rows
 
 
@@ -268,7 +301,13 @@ def build_ladder(trace: Trace, joined: Sequence[JoinedSegment] | None = None, *,
     rows += _call_rows(conns, keys, col, shown, joined is not None)
     rows.sort(key=lambda r: r.t)
     columns = tuple(Column(k, subs.get(k, "not traced")) for k in order)
-    return Ladder(title or trace.path, columns, tuple(rows), joined is not None)
+    if joined is not None:
+        _, initial = segment_states(segs)
+    else:
+        _, initial = call_states(conns, keys, {c.sock: _specific(c.raddr) for c in conns})
+    return Ladder(title or trace.path, columns, tuple(rows), joined is not None,
+                  tuple(initial[k].name if k in initial else "" for k in order),
+                  joined is None)
 
 
 def ladder_for(trace: Trace, capture_path: str | None = None) -> Ladder:

@@ -24,70 +24,23 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import Iterable
-from html import escape
 from typing import Any
 
-from ..errors import TracesockError, UsageError
+from ..errors import UsageError
 from ..record.tracing import trace
 from ..trace.reader import Trace, load
-from .diagram import ladder_for, render_svg
+from .report import report_fragment
 from .show import format_stats, stats, timeline
 
 NAMESPACE_NAME = "_tracesock"
 
-_STYLE = ("font-family: ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace; "
-          "font-size: 12px; line-height: 1.35;")
-
-
-def _pre(lines: Iterable[str]) -> str:
-    return f'<pre style="{_STYLE} margin: 0.3em 0;">' + escape("\n".join(lines)) + "</pre>"
-
-
 def trace_html(trace: Trace, capture_path: str | None = None) -> str:
-    """A Trace as HTML: summary, timeline and ladder diagram (inline SVG, no scripts).
+    """A Trace as HTML: the report of ``tracesock report`` (report.py) as one ``<div>``.
 
-    Suitable as ``Trace._repr_html_`` (then without a capture).
+    Suitable as ``Trace._repr_html_`` (then without a capture). Where the front-end does
+    not run scripts, only the timeline's filters stay inert.
     """
-    parts = [f'<div class="tracesock" style="{_STYLE}">']
-    head = f"{escape(trace.path)}: {len(trace.events)} calls"
-    if capture_path is not None:
-        head += f" + capture {escape(capture_path)}"
-    parts.append(f"<div><b>{head}</b></div>")
-    summary = stats(trace)
-    if summary["connections"]:
-        parts.append('<table style="border-collapse: collapse; margin: 0.3em 0;">')
-        cols = ("sock", "role", "laddr", "raddr", "bytes_sent", "bytes_received",
-                "recv_chunks", "errors")
-        parts.append("<tr>" + "".join(f'<th style="text-align: left; padding: 0 0.8em 0 0;">'
-                                      f"{escape(c)}</th>" for c in cols) + "</tr>")
-        for c in summary["connections"]:
-            cells = []
-            for key in cols:
-                value = c[key]
-                if isinstance(value, list):
-                    value = ", ".join(map(str, value))
-                cells.append(f'<td style="padding: 0 0.8em 0 0;">{escape(str(value))}</td>')
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</table>")
-    if capture_path is not None:
-        from .timeline import render_with_capture
-
-        lines = list(render_with_capture(trace, capture_path))
-    else:
-        lines = list(timeline(trace))
-    parts.append("<details open><summary>timeline</summary>" + _pre(lines) + "</details>")
-    try:
-        svg = render_svg(ladder_for(trace, capture_path))
-    except TracesockError as exc:  # e.g. an old trace without epoch, with a capture
-        parts.append(_pre([f"(no diagram: {exc})"]))
-    else:
-        parts.append("<details open><summary>ladder diagram</summary>"
-                     f'<div style="overflow-x: auto;">{svg}</div></details>')
-    for w in trace.warnings:
-        parts.append(_pre([f"warning: {w}"]))
-    parts.append("</div>")
-    return "\n".join(parts)
+    return report_fragment(trace, capture_path)
 
 
 def trace_text(trace: Trace) -> str:

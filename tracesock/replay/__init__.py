@@ -18,6 +18,7 @@ select() and asyncio work.
 - ``tls.py``: TLS replayed at the plaintext level (``wrap_socket``, ``wrap_bio``).
 - ``children.py``: the replaying program's side of replaying exec'd children.
 - ``child.py``: an exec'd child's side: claim a recorded process and replay it.
+- ``program.py``: ``tracesock replay``: a script or module run under ``replay()``.
 - ``rechunk.py``: the same bytes cut into other recv chunkings, for tests.
 """
 

@@ -22,7 +22,8 @@ from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SUITES = ("bench_core", "bench_capture", "bench_replay", "bench_analysis")
+SUITES = ("bench_core", "bench_capture", "bench_replay", "bench_analysis", "bench_readers",
+          "bench_vcr")
 Target = tuple[str, float]
 
 

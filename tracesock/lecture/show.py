@@ -1,11 +1,17 @@
 """Human views of a trace: the call timeline (``show``) and per-connection summary (``stats``).
 
-Pure functions from a loaded Trace to lines of text or plain dicts; the CLI prints them.
+Pure functions from a loaded Trace, or from a stream of events, to lines of text or plain
+dicts; the CLI prints them. ``tracesock show`` streams: its lines come in start-time
+order through a bounded reorder window (``REORDER_WINDOW`` events), since the file is in
+the order calls returned (seq) and a call that blocked starts before calls that returned
+earlier. stats.py is the streaming form of ``stats()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ..trace.events import CallEvent, call_label, format_addr
@@ -67,13 +73,69 @@ def format_call(ev: CallEvent) -> str:
     return head
 
 
+# A call is shown after at most this many calls that started after it but returned
+# before it; beyond, start-time order gives way to memory that does not grow.
+REORDER_WINDOW = 1 << 16
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which calls a view keeps (``show``'s --sock, --op, --pid, --since, --until,
+    --errors); None keeps everything. Times are milliseconds since the trace began."""
+
+    socks: Collection[int] | None = None
+    ops: Collection[str] | None = None
+    pids: Collection[int] | None = None
+    since_ms: float | None = None
+    until_ms: float | None = None
+    errors: bool = False
+
+    def __call__(self, ev: CallEvent) -> bool:
+        return ((self.socks is None or ev.sock in self.socks)
+                and (self.ops is None or ev.op in self.ops)
+                and (self.pids is None or ev.pid in self.pids)
+                and (self.since_ms is None or ev.t * 1000 >= self.since_ms)
+                and (self.until_ms is None or ev.t * 1000 <= self.until_ms)
+                and (not self.errors or ev.error is not None))
+
+
+def in_start_order(evs: Iterable[CallEvent], window: int = REORDER_WINDOW
+                   ) -> Iterator[CallEvent]:
+    """Events by (start time, seq) as they stream in (the file has them by seq, the
+    order they returned).
+
+    A thread's next call starts after its last one returned, so no call to come starts
+    before the earliest "last return" of the threads seen so far: the calls before that
+    watermark go out at once. A thread blocked for long holds the watermark back; then
+    at most ``window`` calls wait, and the earliest goes out when one more comes. The
+    order is exactly sorted unless a thread first seen later started a call earlier,
+    or a call returned more than ``window`` calls after one that started after it."""
+    heap: list[tuple[float, int, CallEvent]] = []
+    returned: dict[tuple[int | None, int | None], float] = {}
+    push, pop = heapq.heappush, heapq.heappop
+    for ev in evs:
+        push(heap, (ev.t, ev.seq, ev))
+        returned[ev.pid, ev.thread] = ev.t + ev.dur
+        mark = min(returned.values())
+        while heap and (heap[0][0] <= mark or len(heap) > window):
+            yield pop(heap)[2]
+    while heap:
+        yield pop(heap)[2]
+
+
+def timeline_lines(evs: Iterable[CallEvent], many: bool) -> Iterator[str]:
+    """One line per call, stamped in milliseconds since the trace began (and with the
+    calling process when ``many``), in the order given."""
+    for ev in evs:
+        who = f"pid {ev.pid:<7} " if many else ""
+        yield f"{ev.t * 1000:10.3f} ms  {who}{format_call(ev)}"
+
+
 def timeline(trace: Trace) -> Iterator[str]:
     """The calls in start-time order, stamped in milliseconds since the trace began
     (and with the calling process, when the trace followed children)."""
     many = len({ev.pid for ev in trace.events}) > 1
-    for ev in sorted(trace.events, key=lambda e: (e.t, e.seq)):
-        who = f"pid {ev.pid:<7} " if many else ""
-        yield f"{ev.t * 1000:10.3f} ms  {who}{format_call(ev)}"
+    yield from timeline_lines(sorted(trace.events, key=lambda e: (e.t, e.seq)), many)
 
 
 def connection_summary(conn: Connection) -> dict[str, Any]:
@@ -115,8 +177,8 @@ def format_stats(summary: dict[str, Any]) -> Iterator[str]:
               else "")
            + ("" if summary["complete"] else " (trace incomplete)"))
     for c in summary["connections"]:
-        kind = {"SOCK_STREAM": "tcp", "SOCK_DGRAM": "udp"}.get(c["kind"] or "", c["kind"])
-        yield (f"  sock {c['sock']:<3} {c['role']:<8} {kind or '?':<4} "
+        kind = socket_type(c["family"], c["kind"])
+        yield (f"  sock {c['sock']:<3} {c['role']:<8} {kind:<4} "
                f"{c['laddr']} -> {c['raddr']}  sent {c['bytes_sent']} B in {c['sends']}, "
                f"received {c['bytes_received']} B in {c['recvs']}")
         if c["recv_chunks"]:
@@ -127,3 +189,20 @@ def format_stats(summary: dict[str, Any]) -> Iterator[str]:
             yield f"           error: {err}"
         if len(summary.get("pids", ())) > 1:
             yield f"           pids: {', '.join(map(str, c['pids']))}"
+
+
+_FAMILIES = {"AF_INET": "", "AF_INET6": "6", "AF_UNIX": None}
+_KINDS = {"SOCK_STREAM": "tcp", "SOCK_DGRAM": "udp"}
+
+
+def socket_type(family: Any, kind: Any) -> str:
+    """``tcp``, ``udp6``, ``unix stream``, ``unix dgram``...: a socket as people name it
+    (the raw names where there is no usual one, ``?`` where the trace does not say)."""
+    short = (kind or "").removeprefix("SOCK_").lower() if isinstance(kind, str) else ""
+    if family == "AF_UNIX":
+        return f"unix {short}".rstrip()
+    proto = _KINDS.get(kind) if isinstance(kind, str) else None
+    if proto is not None and (family is None or family in _FAMILIES):
+        return proto + (_FAMILIES.get(family) or "")
+    parts = [str(p).removeprefix("AF_").lower() for p in (family,) if p is not None]
+    return " ".join([*parts, short] if short else parts) or (str(kind) if kind else "?")

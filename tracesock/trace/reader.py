@@ -319,6 +319,10 @@ class TraceReader:
             self.warnings.append(f"{self.path}: the trace was not closed cleanly "
                                  "(process killed?); all complete lines are kept")
 
+    def tell(self) -> int:
+        """Bytes of the file read so far (what a progress bar shows)."""
+        return 0 if self._file.closed else self._file.tell()
+
     def close(self) -> None:
         self._file.close()
 

@@ -73,9 +73,11 @@ def format_call(ev: CallEvent) -> str:
     return head
 
 
-# A call is shown after at most this many calls that started after it but returned
-# before it; beyond, start-time order gives way to memory that does not grow.
-REORDER_WINDOW = 1 << 16
+# show's reorder window (in_start_order): at most this many calls wait for one that
+# started before them (beyond, start-time order gives way to memory that does not grow),
+# and a thread's first call is assumed to have blocked no longer than this.
+REORDER_WINDOW = 1 << 12
+REORDER_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,24 +101,28 @@ class EventFilter:
                 and (not self.errors or ev.error is not None))
 
 
-def in_start_order(evs: Iterable[CallEvent], window: int = REORDER_WINDOW
-                   ) -> Iterator[CallEvent]:
+def in_start_order(evs: Iterable[CallEvent], window: int = REORDER_WINDOW,
+                   delay: float = REORDER_DELAY_S) -> Iterator[CallEvent]:
     """Events by (start time, seq) as they stream in (the file has them by seq, the
-    order they returned).
+    order they returned), holding at most ``window`` of them.
 
-    A thread's next call starts after its last one returned, so no call to come starts
-    before the earliest "last return" of the threads seen so far: the calls before that
-    watermark go out at once. A thread blocked for long holds the watermark back; then
-    at most ``window`` calls wait, and the earliest goes out when one more comes. The
-    order is exactly sorted unless a thread first seen later started a call earlier,
-    or a call returned more than ``window`` calls after one that started after it."""
+    A call goes out once no call still to come can have started before it: a thread's
+    next call starts after its last one returned, so nothing to come from the threads
+    seen so far starts before the earliest of their last returns; a thread not seen yet
+    is given ``delay`` seconds (its first call may have blocked since long before it
+    shows up in the file). Past ``window`` waiting calls, the earliest goes out anyway.
+    The order is exactly sorted unless a thread's first call blocked more than
+    ``delay``, or a call returned more than ``window`` calls after one that started
+    after it."""
     heap: list[tuple[float, int, CallEvent]] = []
     returned: dict[tuple[int | None, int | None], float] = {}
+    latest = float("-inf")
     push, pop = heapq.heappush, heapq.heappop
     for ev in evs:
         push(heap, (ev.t, ev.seq, ev))
-        returned[ev.pid, ev.thread] = ev.t + ev.dur
-        mark = min(returned.values())
+        end = returned[ev.pid, ev.thread] = ev.t + ev.dur
+        latest = max(latest, end)
+        mark = min(min(returned.values()), latest - delay)
         while heap and (heap[0][0] <= mark or len(heap) > window):
             yield pop(heap)[2]
     while heap:

@@ -24,6 +24,7 @@ from tracesock.lecture.show import (
 )
 from tracesock.lecture.stats import scan
 from tracesock.trace.events import CallEvent
+from tracesock.trace.progress import ProgressBar
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = sorted((ROOT / "captures").glob("*.jsonl"))
@@ -179,3 +180,24 @@ def test_stats_error_names_the_line_as_load_does(tmp_path: Path) -> None:
     assert code == 2 and f"{bad}:4: not valid JSON" in err
     with pytest.raises(tracesock.TraceFormatError, match=":4: not valid JSON"):
         tracesock.load(str(bad))
+
+
+def test_progress_bar_waits_before_drawing() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    bar = ProgressBar(100, out, label="stats", after_s=2.0, clock=lambda: now[0])
+    bar(10)
+    now[0] = 1.9
+    bar(50)
+    assert out.getvalue() == ""  # a read that ends within 2 s shows no bar
+    now[0] = 2.5
+    bar(60)
+    bar(70)  # within 0.1 s of the last drawing: skipped
+    assert out.getvalue().count("\r") == 1 and "stats" in out.getvalue()
+    bar.finish()
+    assert out.getvalue().endswith("\r")
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(pingpong: Path) -> None:
+    code, _, err = cli("stats", str(pingpong))
+    assert code == 0 and err == ""

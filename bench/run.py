@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SUITES = ("bench_core", "bench_capture", "bench_replay", "bench_analysis")
+SUITES = ("bench_core", "bench_capture", "bench_replay", "bench_analysis", "bench_readers")
 Target = tuple[str, float]
 
 

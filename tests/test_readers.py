@@ -16,13 +16,14 @@ import tracesock
 from tracesock.cli import main
 from tracesock.lecture.show import (
     EventFilter,
+    format_stats,
     in_start_order,
     socket_type,
     stats,
     timeline,
     timeline_lines,
 )
-from tracesock.lecture.stats import scan
+from tracesock.lecture.stats import SocketSums, scan
 from tracesock.trace.events import CallEvent
 from tracesock.trace.progress import ProgressBar
 
@@ -201,3 +202,19 @@ def test_progress_bar_waits_before_drawing() -> None:
 def test_no_bar_when_stderr_is_not_a_terminal(pingpong: Path) -> None:
     code, _, err = cli("stats", str(pingpong))
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("sizes", [[], [5], [5, 5, 5], [1, 2, 2, 3, 3, 3, 0], [7] * 30 + [1]])
+def test_recv_chunks_run_length_encoded(sizes: list[int]) -> None:
+    sums = SocketSums(1)
+    for n in sizes:
+        sums.add_chunk(n)
+    assert sums.chunks() == sizes and sums.recvs == len(sizes)
+    for limit in range(len(sizes) + 2):
+        assert sums.chunks(limit) == sizes[:limit]
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.name)
+def test_stats_text_from_the_stream_equals_the_loaded_trace_s(path: Path) -> None:
+    assert cli("stats", str(path))[1].splitlines() == \
+        [*format_stats(stats(tracesock.load(str(path))))]

@@ -153,14 +153,15 @@ def _set(values: list[Any] | None) -> frozenset[Any] | None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .lecture.show import format_stats
+    from .lecture.show import CHUNKS_SHOWN, format_stats
     from .lecture.stats import scan
     from .trace.progress import terminal_bar
 
     bar = terminal_bar(os.path.getsize(args.trace), "stats") \
         if os.path.isfile(args.trace) else None
     try:
-        summary = scan(args.trace, socks=_set(args.sock), pids=_set(args.pid), progress=bar)
+        summary = scan(args.trace, socks=_set(args.sock), pids=_set(args.pid), progress=bar,
+                       chunk_limit=None if args.json else CHUNKS_SHOWN + 1)
     finally:
         if bar is not None:
             bar.finish()

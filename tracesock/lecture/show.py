@@ -18,6 +18,7 @@ from ..trace.events import CallEvent, call_label, format_addr
 from ..trace.reader import Connection, Trace
 
 _PREVIEW = 40
+CHUNKS_SHOWN = 20  # recv chunk sizes listed per socket by format_stats
 
 
 def preview(data: bytes | None, limit: int = _PREVIEW) -> str:
@@ -189,7 +190,8 @@ def format_stats(summary: dict[str, Any]) -> Iterator[str]:
                f"received {c['bytes_received']} B in {c['recvs']}")
         if c["recv_chunks"]:
             chunks = c["recv_chunks"]
-            shown = ", ".join(map(str, chunks[:20])) + (", ..." if len(chunks) > 20 else "")
+            shown = ", ".join(map(str, chunks[:CHUNKS_SHOWN])) + \
+                (", ..." if len(chunks) > CHUNKS_SHOWN else "")
             yield f"           recv chunks: [{shown}]"
         for err in c["errors"]:
             yield f"           error: {err}"

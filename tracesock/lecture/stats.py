@@ -36,8 +36,8 @@ class SocketSums:
     """What stats keeps of one socket: its identity and running sums."""
 
     __slots__ = ("bytes_received", "bytes_sent", "calls", "connects", "errors", "family",
-                 "kind", "laddr", "listens", "parent", "pids", "raddr", "recv_chunks", "sends",
-                 "sock")
+                 "kind", "laddr", "listens", "parent", "pids", "raddr", "recvs", "run_counts",
+                 "run_sizes", "sends", "sock")
 
     def __init__(self, sock: int) -> None:
         self.sock = sock
@@ -50,7 +50,10 @@ class SocketSums:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.sends = 0
-        self.recv_chunks = array("q")
+        # The recv chunk sizes, run-length encoded: a stream's chunks mostly repeat.
+        self.recvs = 0
+        self.run_sizes = array("q")
+        self.run_counts = array("q")
         self.errors: list[str] = []
         self.pids: set[int] = set()
         self.listens = False
@@ -64,25 +67,45 @@ class SocketSums:
             return "listener"
         return "client" if self.connects else "socket"
 
-    def summary(self) -> dict[str, Any]:
-        """As show.connection_summary gives it for a loaded Connection."""
+    def add_chunk(self, n: int) -> None:
+        self.recvs += 1
+        if self.run_sizes and self.run_sizes[-1] == n:
+            self.run_counts[-1] += 1
+        else:
+            self.run_sizes.append(n)
+            self.run_counts.append(1)
+
+    def chunks(self, limit: int | None = None) -> list[int]:
+        """The recv chunk sizes in order (the first ``limit`` of them)."""
+        out: list[int] = []
+        for size, count in zip(self.run_sizes, self.run_counts, strict=True):
+            if limit is not None and len(out) + count >= limit:
+                return out + [size] * (limit - len(out))
+            out += [size] * count
+        return out
+
+    def summary(self, chunk_limit: int | None = None) -> dict[str, Any]:
+        """As show.connection_summary gives it for a loaded Connection (with the first
+        ``chunk_limit`` recv chunk sizes only, if given)."""
         return {
             "sock": self.sock, "role": self.role, "family": self.family, "kind": self.kind,
             "laddr": format_addr(self.laddr), "raddr": format_addr(self.raddr),
             "parent": self.parent, "calls": self.calls, "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received, "sends": self.sends,
-            "recvs": len(self.recv_chunks), "recv_chunks": self.recv_chunks.tolist(),
+            "recvs": self.recvs, "recv_chunks": self.chunks(chunk_limit),
             "errors": self.errors, "pids": sorted(self.pids),
         }
 
 
 def scan(path: str, socks: Collection[int] | None = None,
          pids: Collection[int] | None = None,
-         progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+         progress: Callable[[int], None] | None = None,
+         chunk_limit: int | None = None) -> dict[str, Any]:
     """``show.stats()``'s summary of the trace at ``path``, read in one pass.
 
     ``socks``/``pids`` keep only the calls of those sockets or processes. ``progress``
-    is called with the bytes read so far after each batch. Warnings are in the
+    is called with the bytes read so far after each batch. ``chunk_limit`` lists only
+    the first recv chunk sizes of each socket (format_stats shows 20). Warnings are in the
     summary's ``"warnings"`` list (not printed by format_stats)."""
     reader = BatchReader(path)
     per: dict[int, SocketSums] = {}
@@ -116,7 +139,13 @@ def scan(path: str, socks: Collection[int] | None = None,
                             sums.sends += 1
                         else:
                             sums.bytes_received += n
-                            sums.recv_chunks.append(n)
+                            sums.recvs += 1
+                            runs = sums.run_sizes
+                            if runs and runs[-1] == n:
+                                sums.run_counts[-1] += 1
+                            else:
+                                runs.append(n)
+                                sums.run_counts.append(1)
                         if pid is not None:
                             sums.pids.add(pid)
                             all_pids.add(pid)
@@ -145,7 +174,7 @@ def scan(path: str, socks: Collection[int] | None = None,
     if end is None:
         reader.warnings.append(f"{path}: no end record: the traced process did not "
                                "finish the trace (killed?); the events so far are kept")
-    conns = [s.summary() for s in per.values()]
+    conns = [s.summary(chunk_limit) for s in per.values()]
     if socks is not None or pids is not None:
         count = sum(c["calls"] for c in conns)
     return {
@@ -185,7 +214,7 @@ def _add(per: dict[int, SocketSums], all_pids: set[int], rec: dict[str, Any],
         if err is None:
             n = rec.get("nbytes") or 0
             s.bytes_received += n
-            s.recv_chunks.append(n)
+            s.add_chunk(n)
     if err is not None:
         s.errors.append(f"{op}: {err.get('type', '')!s}")
     if not moved or "family" in rec or "kind" in rec or "parent" in rec or "laddr" in rec \

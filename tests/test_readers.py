@@ -218,3 +218,12 @@ def test_recv_chunks_run_length_encoded(sizes: list[int]) -> None:
 def test_stats_text_from_the_stream_equals_the_loaded_trace_s(path: Path) -> None:
     assert cli("stats", str(path))[1].splitlines() == \
         [*format_stats(stats(tracesock.load(str(path))))]
+
+
+def test_show_filters_compose_with_capture() -> None:
+    trace, capture = (str(ROOT / "captures" / f"echo.{ext}") for ext in ("jsonl", "pcapng"))
+    code, out, _ = cli("show", trace, "--capture", capture, "--op", "close", "--sock", "2,3")
+    lines = out.splitlines()
+    calls = [ln for ln in lines if " sock " in ln.split("[")[0]]
+    assert code == 0 and calls and all("close()" in ln for ln in calls)
+    assert any("FIN" in ln for ln in lines) and not any("SYN" in ln for ln in lines)

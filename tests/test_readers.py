@@ -23,7 +23,7 @@ from tracesock.lecture.show import (
     timeline,
     timeline_lines,
 )
-from tracesock.lecture.stats import SocketSums, scan
+from tracesock.lecture.stats import SocketSums, scan, write_json
 from tracesock.trace.events import CallEvent
 from tracesock.trace.progress import ProgressBar
 
@@ -227,3 +227,15 @@ def test_show_filters_compose_with_capture() -> None:
     calls = [ln for ln in lines if " sock " in ln.split("[")[0]]
     assert code == 0 and calls and all("close()" in ln for ln in calls)
     assert any("FIN" in ln for ln in lines) and not any("SYN" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("path", [*GOLDEN, None], ids=lambda p: p.name if p else "pingpong")
+def test_stats_json_written_in_pieces_is_json_dumps(path: Path | None, pingpong: Path) -> None:
+    path = path or pingpong
+    full = scan(str(path))
+    full.pop("warnings")
+    pieces = scan(str(path), chunk_limit=0, keep_sums=True)
+    pieces.pop("warnings")
+    out = io.StringIO()
+    write_json(pieces, out.write)
+    assert out.getvalue() == json.dumps(full, indent=2, ensure_ascii=False)

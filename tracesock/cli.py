@@ -154,28 +154,21 @@ def _set(values: list[Any] | None) -> frozenset[Any] | None:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     from .lecture.show import CHUNKS_SHOWN, format_stats
-    from .lecture.stats import scan
+    from .lecture.stats import scan, write_json
     from .trace.progress import terminal_bar
 
     bar = terminal_bar(os.path.getsize(args.trace), "stats") \
         if os.path.isfile(args.trace) else None
     try:
         summary = scan(args.trace, socks=_set(args.sock), pids=_set(args.pid), progress=bar,
-                       chunk_limit=None if args.json else CHUNKS_SHOWN + 1)
+                       chunk_limit=0 if args.json else CHUNKS_SHOWN + 1, keep_sums=args.json)
     finally:
         if bar is not None:
             bar.finish()
     _print_warnings(summary.pop("warnings"))
     if args.json:
-        import json
-
-        import orjson
-
-        try:  # the same text as json's, without json's list of a million small strings
-            text = orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode()
-        except TypeError:  # an integer past 64 bits, from a hand-made trace
-            text = json.dumps(summary, indent=2, ensure_ascii=False)
-        print(text)
+        write_json(summary, sys.stdout.write)
+        print()
     else:
         for line in format_stats(summary):
             print(line)

@@ -16,9 +16,12 @@ other record goes through ``event_from_record``, which raises load()'s error or 
 
 from __future__ import annotations
 
+import json
 from array import array
 from collections.abc import Callable, Collection
 from typing import Any
+
+import orjson
 
 from ..errors import TraceFormatError
 from ..trace import events
@@ -100,13 +103,14 @@ class SocketSums:
 def scan(path: str, socks: Collection[int] | None = None,
          pids: Collection[int] | None = None,
          progress: Callable[[int], None] | None = None,
-         chunk_limit: int | None = None) -> dict[str, Any]:
+         chunk_limit: int | None = None, keep_sums: bool = False) -> dict[str, Any]:
     """``show.stats()``'s summary of the trace at ``path``, read in one pass.
 
     ``socks``/``pids`` keep only the calls of those sockets or processes. ``progress``
     is called with the bytes read so far after each batch. ``chunk_limit`` lists only
-    the first recv chunk sizes of each socket (format_stats shows 20). Warnings are in the
-    summary's ``"warnings"`` list (not printed by format_stats)."""
+    the first recv chunk sizes of each socket (format_stats shows 20); ``keep_sums``
+    puts each socket's SocketSums in its connection's ``"_sums"`` (for write_json).
+    Warnings are in the summary's ``"warnings"`` list (not printed by format_stats)."""
     reader = BatchReader(path)
     per: dict[int, SocketSums] = {}
     all_pids: set[int] = set()
@@ -175,6 +179,8 @@ def scan(path: str, socks: Collection[int] | None = None,
         reader.warnings.append(f"{path}: no end record: the traced process did not "
                                "finish the trace (killed?); the events so far are kept")
     conns = [s.summary(chunk_limit) for s in per.values()]
+    if keep_sums:
+        conns = [dict(c, _sums=s) for c, s in zip(conns, per.values(), strict=True)]
     if socks is not None or pids is not None:
         count = sum(c["calls"] for c in conns)
     return {
@@ -242,3 +248,40 @@ def _identity(s: SocketSums, op: str, rec: dict[str, Any]) -> None:
         args = rec.get("args") or {}
         s.raddr = events.decode_addr(args.get("address"))
 
+
+
+_INDENT = "\n        "  # a recv chunk size's place in stats --json (indent 2, depth 4)
+
+
+def write_json(summary: dict[str, Any], write: Callable[[str], object]) -> None:
+    """The summary as ``json.dumps(summary, indent=2, ensure_ascii=False)`` writes it, in
+    pieces: the recv chunk sizes (a million on a big trace) are written from their runs,
+    never held as a list. ``summary`` comes from scan(..., chunk_limit=0, keep_sums=True)."""
+    sums: list[SocketSums] = [c.pop("_sums") for c in summary["connections"]]
+    try:
+        text = orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:  # an integer past 64 bits, from a hand-made trace
+        text = ""
+    marker = '"recv_chunks": []'  # inside a JSON string its quotes would be escaped
+    parts = text.split(marker)
+    if len(parts) != len(sums) + 1:
+        for c, s in zip(summary["connections"], sums, strict=True):
+            c["recv_chunks"] = s.chunks()
+        write(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    write(parts[0])
+    for s, part in zip(sums, parts[1:], strict=True):
+        write('"recv_chunks": [')
+        first = True
+        for size, count in zip(s.run_sizes, s.run_counts, strict=True):
+            if first:
+                write(f"{_INDENT}{size}")
+                count -= 1
+                first = False
+            item = f",{_INDENT}{size}"
+            while count > 0:
+                n = min(count, 1 << 16)
+                write(item * n)
+                count -= n
+        write("]" if first else "\n      ]")
+        write(part)

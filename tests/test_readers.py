@@ -239,3 +239,11 @@ def test_stats_json_written_in_pieces_is_json_dumps(path: Path | None, pingpong:
     out = io.StringIO()
     write_json(pieces, out.write)
     assert out.getvalue() == json.dumps(full, indent=2, ensure_ascii=False)
+
+
+def test_last_line_without_its_newline_is_read_as_load_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "nonl.jsonl"
+    path.write_bytes((ROOT / "captures" / "echo.jsonl").read_bytes().rstrip(b"\n"))
+    summary = scan(str(path))
+    assert summary.pop("warnings") == [] and summary["complete"]
+    assert summary == stats(tracesock.load(str(path)))

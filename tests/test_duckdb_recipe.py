@@ -1,4 +1,5 @@
-"""The DuckDB recipe (docs/duckdb.md) runs as documented and agrees with ``tracesock.load``.
+"""The DuckDB recipe (docs/trace-format.md, "Querying with SQL") runs as documented and
+agrees with ``tracesock.load``.
 
 The page's fenced ```sql blocks are taken in order and run on one DuckDB connection
 against a small real trace (a socketpair, a loopback TCP connection and a UDP
@@ -27,8 +28,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     duckdb = None
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-# The recipe's page; once folded into the format's page, the blocks are found there.
-PAGES = ("duckdb.md", "trace-format.md")
+# The recipe is a section of the format's page.
+PAGES = ("trace-format.md",)
 SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 PER_OP = ("sock", "op", "calls", "ok_calls", "bytes")

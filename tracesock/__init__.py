@@ -30,7 +30,7 @@ from .record.tracing import Tracing, trace
 from .replay.session import Replay, replay
 from .replay.sockets import ReplaySocket
 from .trace.events import CallEvent, ErrorInfo, TraceHeader
-from .trace.reader import Connection, Trace, TraceReader, load
+from .trace.reader import Connection, Trace, TraceReader, iter_events, load
 
 __version__ = "0.1.0"
 
@@ -71,6 +71,7 @@ __all__ = [
     "Tracing",
     "UsageError",
     "__version__",
+    "iter_events",
     "load",
     "load_ipython_extension",
     "replay",

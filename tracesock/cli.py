@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import TracesockError, UsageError
 
@@ -39,6 +40,34 @@ def _add_trace_options(p: argparse.ArgumentParser) -> None:
                         "multiprocessing), merged into one trace with a pid on each call")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say on stderr where the trace went, when the program ends")
+
+
+def _numbers(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, "
+                                         f"got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _add_filters(p: argparse.ArgumentParser, full: bool) -> None:
+    p.add_argument("--sock", action="extend", type=_numbers, metavar="N[,M...]",
+                   help="only these sockets (repeatable)")
+    p.add_argument("--pid", action="extend", type=_numbers, metavar="P[,Q...]",
+                   help="only the calls of these processes (repeatable)")
+    if not full:
+        return
+    p.add_argument("--op", action="extend", type=_names, metavar="OP[,OP...]",
+                   help="only these calls: recv,send,connect... (repeatable)")
+    p.add_argument("--since", type=float, metavar="MS",
+                   help="only calls started at or after MS milliseconds into the trace")
+    p.add_argument("--until", type=float, metavar="MS",
+                   help="only calls started at or before MS milliseconds into the trace")
+    p.add_argument("--errors", action="store_true", help="only calls that raised")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("trace", metavar="TRACE.jsonl")
     show.add_argument("--capture", metavar="CAPTURE.pcapng",
                       help="interleave the captured segments with the calls")
+    _add_filters(show, full=True)
 
     st = sub.add_parser("stats", help="per-connection summary of a trace")
     st.add_argument("trace", metavar="TRACE.jsonl")
     st.add_argument("--json", action="store_true", help="print JSON")
+    _add_filters(st, full=False)
 
     demo = sub.add_parser("demo", help="run the lecture's examples on loopback, traced")
     demo.add_argument("names", nargs="*", default=["all"], metavar="NAME",
@@ -114,33 +145,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .lecture.show import timeline
-    from .trace.reader import load
+    from .lecture.show import EventFilter, in_start_order, timeline_lines
+    from .trace.reader import TraceReader, load
 
-    trace = load(args.trace)
-    _print_warnings(trace.warnings)
+    keep = EventFilter(socks=_set(args.sock), ops=_set(args.op), pids=_set(args.pid),
+                       since_ms=args.since, until_ms=args.until, errors=args.errors)
+    filtered = keep != EventFilter()
     if args.capture:
         from .lecture.timeline import render_with_capture
 
-        lines = render_with_capture(trace, args.capture)
-    else:
-        lines = timeline(trace)
-    for line in lines:
-        print(line)
+        trace = load(args.trace)
+        _print_warnings(trace.warnings)
+        for line in render_with_capture(trace, args.capture, keep if filtered else None):
+            print(line)
+        return 0
+    # Streamed: the first lines come at once; warnings about the file's end come last.
+    reader = TraceReader(args.trace)
+    try:
+        _print_warnings(reader.warnings)
+        shown = len(reader.warnings)
+        processes = reader.header.extra.get("processes")
+        many = isinstance(processes, list) and len(processes) > 1
+        evs = filter(keep, reader) if filtered else iter(reader)
+        for line in timeline_lines(in_start_order(evs), many):
+            print(line)
+        _print_warnings(reader.warnings[shown:])
+    finally:
+        reader.close()
     return 0
 
 
+def _set(values: list[Any] | None) -> frozenset[Any] | None:
+    return None if values is None else frozenset(values)
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .lecture.show import format_stats, stats
-    from .trace.reader import load
+    from .lecture.show import CHUNKS_SHOWN, format_stats
+    from .lecture.stats import scan, write_json
+    from .trace.progress import terminal_bar
 
-    trace = load(args.trace)
-    _print_warnings(trace.warnings)
-    summary = stats(trace)
+    bar = terminal_bar(os.path.getsize(args.trace), "stats") \
+        if os.path.isfile(args.trace) else None
+    try:
+        summary = scan(args.trace, socks=_set(args.sock), pids=_set(args.pid), progress=bar,
+                       chunk_limit=0 if args.json else CHUNKS_SHOWN + 1, keep_sums=args.json)
+    finally:
+        if bar is not None:
+            bar.finish()
+    _print_warnings(summary.pop("warnings"))
     if args.json:
-        import json
-
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        write_json(summary, sys.stdout.write)
+        print()
     else:
         for line in format_stats(summary):
             print(line)

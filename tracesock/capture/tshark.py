@@ -14,8 +14,8 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TextIO
 
+from ..trace.progress import ProgressBar
 from .analysis import (
     ANALYSIS_FLAGS,
     COMMENT_FIELDS,
@@ -209,29 +209,6 @@ def _tshark_reason(err: str) -> str:
     lines = [ln.strip() for ln in err.splitlines()
              if ln.strip() and "dangerous" not in ln and not ln.startswith("Running as")]
     return " ".join(lines) or "unknown error"
-
-
-class ProgressBar:
-    """A one-line bar on a terminal: ``analyze  [#####.....]  52%``."""
-
-    def __init__(self, total: int, out: TextIO, width: int = 30) -> None:
-        self.total = max(total, 1)
-        self.out = out
-        self.width = width
-        self.shown = False
-
-    def __call__(self, done: int) -> None:
-        frac = min(done / self.total, 1.0)
-        filled = int(frac * self.width)
-        self.out.write(f"\ranalyze  [{'#' * filled}{'.' * (self.width - filled)}] "
-                       f"{frac * 100:3.0f}%")
-        self.out.flush()
-        self.shown = True
-
-    def finish(self) -> None:
-        if self.shown:
-            self.out.write("\r" + " " * (self.width + 20) + "\r")
-            self.out.flush()
 
 
 def analyze_file(path: str, *, progress: Progress | None = None) -> CaptureAnalysis:

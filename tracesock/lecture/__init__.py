@@ -5,7 +5,9 @@ below it and turns them into text, diagrams and pages; it never changes them. Th
 runs the lecture's programs on loopback, traced and captured, to make the golden files
 in captures/.
 
-- ``show.py``: the call timeline (``tracesock show``) and per-connection stats.
+- ``show.py``: the call timeline (``tracesock show``, streamed, with its filters) and
+  per-connection stats of a loaded Trace.
+- ``stats.py``: ``tracesock stats`` in one streaming pass over the file, whatever its size.
 - ``timeline.py``: calls and captured segments in one time order (``show --capture``).
 - ``ladder.py``: the ladder diagram as plain data, from calls and joined segments.
 - ``diagram.py``: the ladder drawn as text, Mermaid and SVG (``tracesock diagram``).

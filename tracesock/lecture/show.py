@@ -1,17 +1,24 @@
 """Human views of a trace: the call timeline (``show``) and per-connection summary (``stats``).
 
-Pure functions from a loaded Trace to lines of text or plain dicts; the CLI prints them.
+Pure functions from a loaded Trace, or from a stream of events, to lines of text or plain
+dicts; the CLI prints them. ``tracesock show`` streams: its lines come in start-time
+order through a bounded reorder window (``REORDER_WINDOW`` events), since the file is in
+the order calls returned (seq) and a call that blocked starts before calls that returned
+earlier. stats.py is the streaming form of ``stats()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ..trace.events import CallEvent, call_label, format_addr
 from ..trace.reader import Connection, Trace
 
 _PREVIEW = 40
+CHUNKS_SHOWN = 20  # recv chunk sizes listed per socket by format_stats
 
 
 def preview(data: bytes | None, limit: int = _PREVIEW) -> str:
@@ -67,13 +74,75 @@ def format_call(ev: CallEvent) -> str:
     return head
 
 
+# show's reorder window (in_start_order): at most this many calls wait for one that
+# started before them (beyond, start-time order gives way to memory that does not grow),
+# and a thread's first call is assumed to have blocked no longer than this.
+REORDER_WINDOW = 1 << 12
+REORDER_DELAY_S = 1.0
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which calls a view keeps (``show``'s --sock, --op, --pid, --since, --until,
+    --errors); None keeps everything. Times are milliseconds since the trace began."""
+
+    socks: Collection[int] | None = None
+    ops: Collection[str] | None = None
+    pids: Collection[int] | None = None
+    since_ms: float | None = None
+    until_ms: float | None = None
+    errors: bool = False
+
+    def __call__(self, ev: CallEvent) -> bool:
+        return ((self.socks is None or ev.sock in self.socks)
+                and (self.ops is None or ev.op in self.ops)
+                and (self.pids is None or ev.pid in self.pids)
+                and (self.since_ms is None or ev.t * 1000 >= self.since_ms)
+                and (self.until_ms is None or ev.t * 1000 <= self.until_ms)
+                and (not self.errors or ev.error is not None))
+
+
+def in_start_order(evs: Iterable[CallEvent], window: int = REORDER_WINDOW,
+                   delay: float = REORDER_DELAY_S) -> Iterator[CallEvent]:
+    """Events by (start time, seq) as they stream in (the file has them by seq, the
+    order they returned), holding at most ``window`` of them.
+
+    A call goes out once no call still to come can have started before it: a thread's
+    next call starts after its last one returned, so nothing to come from the threads
+    seen so far starts before the earliest of their last returns; a thread not seen yet
+    is given ``delay`` seconds (its first call may have blocked since long before it
+    shows up in the file). Past ``window`` waiting calls, the earliest goes out anyway.
+    The order is exactly sorted unless a thread's first call blocked more than
+    ``delay``, or a call returned more than ``window`` calls after one that started
+    after it."""
+    heap: list[tuple[float, int, CallEvent]] = []
+    returned: dict[tuple[int | None, int | None], float] = {}
+    latest = float("-inf")
+    push, pop = heapq.heappush, heapq.heappop
+    for ev in evs:
+        push(heap, (ev.t, ev.seq, ev))
+        end = returned[ev.pid, ev.thread] = ev.t + ev.dur
+        latest = max(latest, end)
+        mark = min(min(returned.values()), latest - delay)
+        while heap and (heap[0][0] <= mark or len(heap) > window):
+            yield pop(heap)[2]
+    while heap:
+        yield pop(heap)[2]
+
+
+def timeline_lines(evs: Iterable[CallEvent], many: bool) -> Iterator[str]:
+    """One line per call, stamped in milliseconds since the trace began (and with the
+    calling process when ``many``), in the order given."""
+    for ev in evs:
+        who = f"pid {ev.pid:<7} " if many else ""
+        yield f"{ev.t * 1000:10.3f} ms  {who}{format_call(ev)}"
+
+
 def timeline(trace: Trace) -> Iterator[str]:
     """The calls in start-time order, stamped in milliseconds since the trace began
     (and with the calling process, when the trace followed children)."""
     many = len({ev.pid for ev in trace.events}) > 1
-    for ev in sorted(trace.events, key=lambda e: (e.t, e.seq)):
-        who = f"pid {ev.pid:<7} " if many else ""
-        yield f"{ev.t * 1000:10.3f} ms  {who}{format_call(ev)}"
+    yield from timeline_lines(sorted(trace.events, key=lambda e: (e.t, e.seq)), many)
 
 
 def connection_summary(conn: Connection) -> dict[str, Any]:
@@ -115,15 +184,33 @@ def format_stats(summary: dict[str, Any]) -> Iterator[str]:
               else "")
            + ("" if summary["complete"] else " (trace incomplete)"))
     for c in summary["connections"]:
-        kind = {"SOCK_STREAM": "tcp", "SOCK_DGRAM": "udp"}.get(c["kind"] or "", c["kind"])
-        yield (f"  sock {c['sock']:<3} {c['role']:<8} {kind or '?':<4} "
+        kind = socket_type(c["family"], c["kind"])
+        yield (f"  sock {c['sock']:<3} {c['role']:<8} {kind:<4} "
                f"{c['laddr']} -> {c['raddr']}  sent {c['bytes_sent']} B in {c['sends']}, "
                f"received {c['bytes_received']} B in {c['recvs']}")
         if c["recv_chunks"]:
             chunks = c["recv_chunks"]
-            shown = ", ".join(map(str, chunks[:20])) + (", ..." if len(chunks) > 20 else "")
+            shown = ", ".join(map(str, chunks[:CHUNKS_SHOWN])) + \
+                (", ..." if len(chunks) > CHUNKS_SHOWN else "")
             yield f"           recv chunks: [{shown}]"
         for err in c["errors"]:
             yield f"           error: {err}"
         if len(summary.get("pids", ())) > 1:
             yield f"           pids: {', '.join(map(str, c['pids']))}"
+
+
+_FAMILIES = {"AF_INET": "", "AF_INET6": "6", "AF_UNIX": None}
+_KINDS = {"SOCK_STREAM": "tcp", "SOCK_DGRAM": "udp"}
+
+
+def socket_type(family: Any, kind: Any) -> str:
+    """``tcp``, ``udp6``, ``unix stream``, ``unix dgram``...: a socket as people name it
+    (the raw names where there is no usual one, ``?`` where the trace does not say)."""
+    short = (kind or "").removeprefix("SOCK_").lower() if isinstance(kind, str) else ""
+    if family == "AF_UNIX":
+        return f"unix {short}".rstrip()
+    proto = _KINDS.get(kind) if isinstance(kind, str) else None
+    if proto is not None and (family is None or family in _FAMILIES):
+        return proto + (_FAMILIES.get(family) or "")
+    parts = [str(p).removeprefix("AF_").lower() for p in (family,) if p is not None]
+    return " ".join([*parts, short] if short else parts) or (str(kind) if kind else "?")

@@ -4,10 +4,11 @@ one time order, each segment tagged with the calls behind it (capture/join.py jo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 
 from ..capture.join import JoinedSegment, epoch_of, join, load_segments
-from ..trace.events import call_label, format_addr
+from ..trace.events import CallEvent, call_label, format_addr
 from ..trace.reader import Trace
 from .show import format_call
 
@@ -50,12 +51,18 @@ def render(trace: Trace, joined: Sequence[JoinedSegment]) -> Iterator[str]:
         yield f"{t * 1000:10.3f} ms  {text}"
 
 
-def render_with_capture(trace: Trace, capture_path: str) -> Iterator[str]:
-    """The ``tracesock show TRACE --capture CAP`` timeline: calls and segments interleaved."""
+def render_with_capture(trace: Trace, capture_path: str,
+                        keep: Callable[[CallEvent], bool] | None = None) -> Iterator[str]:
+    """The ``tracesock show TRACE --capture CAP`` timeline: calls and segments interleaved.
+    ``keep`` (show's filters) keeps some calls, and the segments joined to them."""
     joined = join(trace, load_segments(capture_path), keep_all=True)
     if not joined:
         yield (f"(no segment in {capture_path} belongs to a TCP connection of "
                f"{trace.path})")
+    if keep is not None:
+        trace = dataclasses.replace(trace, events=[ev for ev in trace.events if keep(ev)])
+        seqs = {ev.seq for ev in trace.events}
+        joined = [js for js in joined if any(ref.seq in seqs for ref in js.calls)]
     yield from render(trace, joined)
 
 

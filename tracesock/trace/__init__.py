@@ -10,6 +10,7 @@ reads or writes traces through it.
 - ``reader.py``: ``load()``, ``Trace``, ``Connection`` and ``TraceReader``: strict on
   malformed input (errors naming file and line), forgiving of a writer that died.
 - ``batches.py``: the same reader a batch of lines at a time, for replay's speed.
+- ``progress.py``: the progress bar a long read draws on a terminal (stats, analyze).
 - ``merge.py``: the per-process files of a trace that followed children, merged into
   one trace (by the last process out, or by the next reader).
 """

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import TraceFormatError
-from .reader import TraceReader
+from .reader import TraceReader, _is_json
 
 
 class BatchReader(TraceReader):
@@ -38,6 +38,11 @@ class BatchReader(TraceReader):
                 yield lineno, recs
                 lineno += len(lines)
                 if cut is not None:
+                    if b"\0" not in cut and _is_json(cut):
+                        # A whole last line without its newline: a record, as
+                        # TraceReader reads it.
+                        yield lineno, self._one_by_one([cut], lineno)
+                        return
                     stripped = cut.rstrip(b"\0")
                     if stripped.endswith(b"\n"):  # a whole line followed by padding
                         yield lineno, self._one_by_one([stripped], lineno)

@@ -175,8 +175,11 @@ def _check_addr(path: str, lineno: int, name: str, value: Any) -> Any:
         raise _fail(path, lineno, f"{name!r} is not a socket address") from None
 
 
-def event_from_record(path: str, lineno: int, rec: dict[str, Any]) -> CallEvent:
-    """Validate one ``call`` record and build its CallEvent."""
+def event_from_record(path: str, lineno: int, rec: dict[str, Any],
+                      share: Sharing | None = None) -> CallEvent:
+    """Validate one ``call`` record and build its CallEvent (with ``share``'s objects
+    for the values that repeat)."""
+    share = share or _AS_IS
     try:
         seq, t, sock, op = rec["seq"], rec["t"], rec["sock"], rec["op"]
     except KeyError as exc:
@@ -212,16 +215,59 @@ def event_from_record(path: str, lineno: int, rec: dict[str, Any]) -> CallEvent:
     nbytes = rec.get("nbytes")
     if nbytes is not None and not isinstance(nbytes, int):
         raise _fail(path, lineno, "'nbytes' must be an integer")
+    extra = {k: v for k, v in rec.items() if k not in _KNOWN}
     return CallEvent(
-        seq=seq, t=float(t), dur=float(dur), sock=sock, op=op,
-        nbytes=nbytes, data_b64=data, args=args, error=error, fd=rec.get("fd"),
-        family=rec.get("family"), kind=rec.get("kind"),
+        seq=seq, t=float(t), dur=float(dur), sock=sock, op=share.value(op),
+        nbytes=nbytes, data_b64=data, args=share.args(args), error=error,
+        fd=rec.get("fd"), family=share.value(rec.get("family")),
+        kind=share.value(rec.get("kind")),
         laddr=_check_addr(path, lineno, "laddr", rec.get("laddr")),
         raddr=_check_addr(path, lineno, "raddr", rec.get("raddr")),
-        parent=rec.get("parent"), thread=rec.get("thread"), pid=rec.get("pid"),
+        parent=rec.get("parent"), thread=share.value(rec.get("thread")),
+        pid=share.value(rec.get("pid")),
         truncated=bool(rec.get("truncated", False)),
-        extra={k: v for k, v in rec.items() if k not in _KNOWN},
+        extra=extra or share.args(extra),
     )
+
+
+class Sharing:
+    """One object for each value that repeats across a trace's events (op names, thread
+    ids, pids, ``{"bufsize": 65536}``), not one per event: a loaded trace holds millions
+    of them. Belongs to one reader; bounded."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._values: dict[Any, Any] = {}
+        self._args: dict[Any, dict[str, Any]] = {}
+
+    def value(self, value: Any) -> Any:
+        if value is None or value is True or value is False:  # True == 1: not shared
+            return value
+        found = self._values.get(value)
+        if found is not None:
+            return found
+        if len(self._values) < self.LIMIT:
+            self._values[value] = value
+        return value
+
+    def args(self, args: dict[str, Any]) -> dict[str, Any]:
+        if len(args) > 2:
+            return args
+        try:
+            key = tuple(args.items())
+            found = self._args.get(key)
+        except TypeError:  # a list or an object among the values
+            return args
+        if found is not None:
+            return found
+        if len(self._args) < self.LIMIT:
+            self._args[key] = args
+        return args
+
+
+_AS_IS = Sharing()
+_AS_IS.LIMIT = 0  # shares nothing: event_from_record without a reader's Sharing
 
 
 class TraceReader:
@@ -273,6 +319,7 @@ class TraceReader:
 
     def __iter__(self) -> Iterator[CallEvent]:
         path = self.path
+        share = Sharing()
         last_seq = -1
         lineno = 1
         with self._file as f:
@@ -292,7 +339,7 @@ class TraceReader:
                     raise _fail(path, lineno, "a trace line must be a JSON object")
                 kind = rec.get("type")
                 if kind == "call":
-                    ev = event_from_record(path, lineno, rec)
+                    ev = event_from_record(path, lineno, rec, share)
                     if ev.seq <= last_seq:
                         raise _fail(path, lineno, f"seq {ev.seq} does not follow {last_seq} "
                                     "(seq must increase strictly)")
@@ -319,12 +366,31 @@ class TraceReader:
             self.warnings.append(f"{self.path}: the trace was not closed cleanly "
                                  "(process killed?); all complete lines are kept")
 
+    def tell(self) -> int:
+        """Bytes of the file read so far (what a progress bar shows)."""
+        return 0 if self._file.closed else self._file.tell()
+
     def close(self) -> None:
         self._file.close()
 
 
+def iter_events(path: str) -> Iterator[CallEvent]:
+    """The calls of the trace at ``path``, one at a time, in file (seq) order: memory
+    stays flat however big the trace. Raises what load() raises, when it reaches the
+    bad line; use TraceReader to see the header, the end record and the warnings."""
+    reader = TraceReader(path)
+    try:
+        yield from reader
+    finally:
+        reader.close()
+
+
 def load(path: str) -> Trace:
-    """Read a whole trace file. Raises TraceFormatError (a TracesockError) on bad input."""
+    """Read a whole trace file. Raises TraceFormatError (a TracesockError) on bad input.
+
+    Every call's metadata is held; payloads stay as their base64 text (``data_b64``,
+    decoded on each access to ``CallEvent.data``). For traces too big for that, stream
+    them with iter_events() or TraceReader."""
     reader = TraceReader(path)
     evs = list(reader)
     return Trace(path=path, header=reader.header, events=evs, end=reader.end,

@@ -1,0 +1,249 @@
+"""Readers of traces of any size (issue 14): streamed stats and show, their filters, the
+socket names, iter_events. No timings here (bench/bench_readers.py measures)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tracesock
+from tracesock.cli import main
+from tracesock.lecture.show import (
+    EventFilter,
+    format_stats,
+    in_start_order,
+    socket_type,
+    stats,
+    timeline,
+    timeline_lines,
+)
+from tracesock.lecture.stats import SocketSums, scan, write_json
+from tracesock.trace.events import CallEvent
+from tracesock.trace.progress import ProgressBar
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = sorted((ROOT / "captures").glob("*.jsonl"))
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def pingpong(tmp_path: Path) -> Path:
+    """A socketpair ping-pong, traced: two AF_UNIX stream sockets."""
+    path = tmp_path / "pingpong.jsonl"
+    with tracesock.trace(str(path)):
+        a, b = socket.socketpair()
+        for _ in range(50):
+            a.sendall(b"ping")
+            b.recv(64)
+            b.sendall(b"pong")
+            a.recv(64)
+        a.close()
+        b.close()
+    return path
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.name)
+def test_streamed_stats_equal_the_loaded_trace_s(path: Path) -> None:
+    summary = scan(str(path))
+    assert summary.pop("warnings") == []
+    assert summary == stats(tracesock.load(str(path)))
+
+
+def test_streamed_stats_of_a_big_socketpair_trace(pingpong: Path) -> None:
+    summary = scan(str(pingpong))
+    summary.pop("warnings")
+    assert summary == stats(tracesock.load(str(pingpong)))
+    assert [c["recv_chunks"] for c in summary["connections"]] == [[4] * 50, [4] * 50]
+
+
+def test_stats_name_sockets_by_family_and_type(pingpong: Path) -> None:
+    code, out, _ = cli("stats", str(pingpong))
+    assert code == 0
+    assert out.count(" unix stream ") == 2 and " tcp " not in out
+
+
+@pytest.mark.parametrize(("family", "kind", "name"), [
+    ("AF_INET", "SOCK_STREAM", "tcp"), ("AF_INET6", "SOCK_STREAM", "tcp6"),
+    ("AF_INET", "SOCK_DGRAM", "udp"), ("AF_INET6", "SOCK_DGRAM", "udp6"),
+    ("AF_UNIX", "SOCK_STREAM", "unix stream"), ("AF_UNIX", "SOCK_DGRAM", "unix dgram"),
+    ("AF_UNIX", "SOCK_SEQPACKET", "unix seqpacket"), (None, "SOCK_STREAM", "tcp"),
+    (None, None, "?"), ("AF_PACKET", "SOCK_RAW", "packet raw"),
+])
+def test_socket_type(family: str | None, kind: str | None, name: str) -> None:
+    assert socket_type(family, kind) == name
+
+
+def test_stats_filters(pingpong: Path) -> None:
+    code, out, _ = cli("stats", "--json", "--sock", "2", str(pingpong))
+    assert code == 0
+    summary = json.loads(out)
+    assert [c["sock"] for c in summary["connections"]] == [2]
+    assert summary["events"] == summary["connections"][0]["calls"]
+    code, out, _ = cli("stats", "--json", "--pid", "1", str(pingpong))
+    assert json.loads(out)["connections"] == []
+
+
+def test_show_filters_compose(pingpong: Path) -> None:
+    code, out, _ = cli("show", "--sock", "1", "--op", "recv", str(pingpong))
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 50
+    assert all("sock 1 " in ln and "recv(64)" in ln for ln in lines)
+    _, out, _ = cli("show", "--sock", "1,2", "--op", "sendall,close", str(pingpong))
+    assert len(out.splitlines()) == 102
+    _, out, _ = cli("show", "--errors", str(pingpong))
+    assert out == ""
+    everything = cli("show", str(pingpong))[1].splitlines()
+    ms = [float(line.split()[0]) for line in everything]
+    first = next(i for i in range(10, 40) if ms[i - 1] < ms[i])
+    last = next(i for i in range(first + 10, 80) if ms[i] < ms[i + 1])
+    since, until = (ms[first - 1] + ms[first]) / 2, (ms[last] + ms[last + 1]) / 2
+    _, out, _ = cli("show", "--since", str(since), "--until", str(until), str(pingpong))
+    assert out.splitlines() == everything[first:last + 1]
+
+
+def test_show_errors_keeps_the_calls_that_raised() -> None:
+    _, out, _ = cli("show", "--errors", str(ROOT / "captures" / "refused.jsonl"))
+    assert out and all("->" in ln and "Error" in ln for ln in out.splitlines())
+
+
+def test_bad_filter_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()):
+        main(["show", "--sock", "x", "t.jsonl"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.name)
+def test_streamed_show_equals_the_loaded_trace_s(path: Path) -> None:
+    assert cli("show", str(path))[1].splitlines() == list(timeline(tracesock.load(str(path))))
+
+
+def _ev(seq: int, t: float, dur: float, thread: int) -> CallEvent:
+    return CallEvent(seq=seq, t=t, dur=dur, sock=1, op="recv", thread=thread)
+
+
+def test_start_order_across_threads() -> None:
+    # Thread 2's recv blocked from t=0.1 to t=0.9 while thread 1 made calls: the file
+    # has it after them (by seq), the timeline where it started.
+    evs = [_ev(1, 0, 0.05, 1), _ev(2, 0.2, 0.1, 1), _ev(3, 0.4, 0.1, 1),
+           _ev(4, 0.1, 0.8, 2), _ev(5, 0.6, 0.1, 1), _ev(6, 0.95, 0.1, 2),
+           _ev(7, 3, 0.1, 1)]
+    expected = sorted(evs, key=lambda e: (e.t, e.seq))
+    assert list(in_start_order(evs)) == expected
+    assert list(in_start_order(evs, window=1)) != expected  # bounded: order gives way
+    assert list(in_start_order(evs, delay=0.1)) != expected  # a new thread blocked longer
+    assert sorted(in_start_order(evs, window=1), key=lambda e: e.seq) == evs
+
+
+def test_start_order_yields_before_the_end() -> None:
+    def endless() -> Iterator[CallEvent]:
+        seq = 0
+        while True:
+            seq += 1
+            yield _ev(seq, seq, 0.5, 1)
+
+    lines = timeline_lines(in_start_order(endless()), many=False)
+    assert next(lines).split()[0] == "1000.000"
+    assert next(lines).split()[0] == "2000.000"
+
+
+def test_event_filter_defaults_keep_everything() -> None:
+    assert EventFilter()(_ev(1, 0, 0, 1))
+
+
+def test_iter_events_streams_what_load_reads(pingpong: Path) -> None:
+    assert list(tracesock.iter_events(str(pingpong))) == tracesock.load(str(pingpong)).events
+    assert "iter_events" in tracesock.__all__
+
+
+def test_loaded_events_share_repeated_values(pingpong: Path) -> None:
+    recvs = [e for e in tracesock.load(str(pingpong)).events if e.op == "recv"]
+    assert all(e.args is recvs[0].args and e.op is recvs[0].op for e in recvs)
+    assert recvs[0].data == b"ping" and recvs[0].data_b64 is not None
+
+
+def test_stats_error_names_the_line_as_load_does(tmp_path: Path) -> None:
+    golden = (ROOT / "captures" / "echo.jsonl").read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"".join([*golden[:3], b'{"type": "call", "seq": \n', *golden[3:]]))
+    code, _, err = cli("stats", str(bad))
+    assert code == 2 and f"{bad}:4: not valid JSON" in err
+    with pytest.raises(tracesock.TraceFormatError, match=":4: not valid JSON"):
+        tracesock.load(str(bad))
+
+
+def test_progress_bar_waits_before_drawing() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    bar = ProgressBar(100, out, label="stats", after_s=2.0, clock=lambda: now[0])
+    bar(10)
+    now[0] = 1.9
+    bar(50)
+    assert out.getvalue() == ""  # a read that ends within 2 s shows no bar
+    now[0] = 2.5
+    bar(60)
+    bar(70)  # within 0.1 s of the last drawing: skipped
+    assert out.getvalue().count("\r") == 1 and "stats" in out.getvalue()
+    bar.finish()
+    assert out.getvalue().endswith("\r")
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(pingpong: Path) -> None:
+    code, _, err = cli("stats", str(pingpong))
+    assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("sizes", [[], [5], [5, 5, 5], [1, 2, 2, 3, 3, 3, 0], [7] * 30 + [1]])
+def test_recv_chunks_run_length_encoded(sizes: list[int]) -> None:
+    sums = SocketSums(1)
+    for n in sizes:
+        sums.add_chunk(n)
+    assert sums.chunks() == sizes and sums.recvs == len(sizes)
+    for limit in range(len(sizes) + 2):
+        assert sums.chunks(limit) == sizes[:limit]
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.name)
+def test_stats_text_from_the_stream_equals_the_loaded_trace_s(path: Path) -> None:
+    assert cli("stats", str(path))[1].splitlines() == \
+        [*format_stats(stats(tracesock.load(str(path))))]
+
+
+def test_show_filters_compose_with_capture() -> None:
+    trace, capture = (str(ROOT / "captures" / f"echo.{ext}") for ext in ("jsonl", "pcapng"))
+    code, out, _ = cli("show", trace, "--capture", capture, "--op", "close", "--sock", "2,3")
+    lines = out.splitlines()
+    calls = [ln for ln in lines if " sock " in ln.split("[")[0]]
+    assert code == 0 and calls and all("close()" in ln for ln in calls)
+    assert any("FIN" in ln for ln in lines) and not any("SYN" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("path", [*GOLDEN, None], ids=lambda p: p.name if p else "pingpong")
+def test_stats_json_written_in_pieces_is_json_dumps(path: Path | None, pingpong: Path) -> None:
+    path = path or pingpong
+    full = scan(str(path))
+    full.pop("warnings")
+    pieces = scan(str(path), chunk_limit=0, keep_sums=True)
+    pieces.pop("warnings")
+    out = io.StringIO()
+    write_json(pieces, out.write)
+    assert out.getvalue() == json.dumps(full, indent=2, ensure_ascii=False)
+
+
+def test_last_line_without_its_newline_is_read_as_load_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "nonl.jsonl"
+    path.write_bytes((ROOT / "captures" / "echo.jsonl").read_bytes().rstrip(b"\n"))
+    summary = scan(str(path))
+    assert summary.pop("warnings") == [] and summary["complete"]
+    assert summary == stats(tracesock.load(str(path)))

@@ -13,6 +13,8 @@ select() and asyncio work.
   the trace read in batches.
 - ``streams.py``: one recorded connection as the code sees it; ``sends.py``, its send
   side: what the code sends checked against the recording.
+- ``pairs.py``: connections with both ends in the process (a connect to its own
+  listener): each end's recvs gated on what the code sent on the other.
 - ``records.py``: records as dicts, recorded errors, match keys, diffs.
 - ``sockets.py``: ReplaySocket, a real ``socket.socket`` that answers from a Stream.
 - ``tls.py``: TLS replayed at the plaintext level (``wrap_socket``, ``wrap_bio``).

@@ -133,3 +133,31 @@ def test_a_recv_whose_bytes_never_come_raises_after_the_wait(
         rep.skip_final_checks()
         writer.close()
         reader.close()
+
+
+def test_a_pair_made_with_connect_in_progress(tmp_path: Path) -> None:
+    # paho-mqtt's connect() on a non-blocking socket raises BlockingIOError: recorded
+    # with no raddr, its end is found by the address it was given.
+    path = tmp_path / "inprogress.jsonl"
+
+    def run() -> list[object]:
+        lst = socket.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        reader = socket.socket()
+        reader.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            reader.connect(lst.getsockname())
+        writer, _ = lst.accept()
+        lst.close()
+        seen: list[object] = [readable(reader)]
+        writer.send(b"w")
+        seen += [readable(reader, 2.0), reader.recv(100), readable(reader)]
+        writer.close()
+        reader.close()
+        return seen
+
+    with tracesock.trace(path):
+        recorded = run()
+    with tracesock.replay(path):
+        assert run() == recorded == [False, True, b"w", False]

@@ -105,11 +105,17 @@ def _pair(a: Stream, b: Stream) -> None:
     a.cassette.turn.notify_all()
 
 
+def _connected_to(st: Stream) -> object:
+    # A non-blocking connect is recorded with its EINPROGRESS and no raddr: the address
+    # it was given (its match key) is where it went.
+    return st.raddr if st.raddr is not None else st.key_address
+
+
 def _ends_meet(connecting: Stream, accepted: Stream) -> bool:
     return (connecting is not accepted and connecting.peer is None
             and accepted.peer is None and connecting.parent is None
             and accepted.raddr is not None and connecting.laddr == accepted.raddr
-            and connecting.raddr == accepted.laddr and connecting.recvs == 0)
+            and _connected_to(connecting) == accepted.laddr and connecting.recvs == 0)
 
 
 def pair_if_loopback(cas: Cassette, accepted: Stream) -> None:
@@ -123,7 +129,8 @@ def pair_if_loopback(cas: Cassette, accepted: Stream) -> None:
 def gate_if_own_listener(cas: Cassette, connecting: Stream) -> None:
     """``connecting`` was just claimed by a connect(): to one of our listeners, it is
     gated until its accept (already replayed, in a threaded program, pairs it now)."""
-    if connecting.raddr is None or connecting.raddr not in cas.listeners:
+    address = _connected_to(connecting)
+    if address is None or address not in cas.listeners:
         return
     connecting.gated = True
     for st in cas.streams.values():

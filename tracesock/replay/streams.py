@@ -259,7 +259,10 @@ class Stream(SendChecks):
             return True
         q = self.recvq
         if not q and not self._more(q):
-            return True  # end of recording: let recv say so rather than hang in select
+            # The end of the recording: once the code has sent all the recording sent, a
+            # recv is past it, and recv says so rather than leave select() hanging; until
+            # then the recorded program was still sending, and nothing was there to read.
+            return self.eof or self.sent >= self.rec_sent
         return bool(q[0][0] <= self.sent)
 
     def _update(self) -> None:

@@ -13,6 +13,8 @@ select() and asyncio work.
   the trace read in batches.
 - ``streams.py``: one recorded connection as the code sees it; ``sends.py``, its send
   side: what the code sends checked against the recording.
+- ``ends.py``: the end of a recorded connection: readable past it once the code has
+  sent all it owes (or, diverging, after a stall timer), and recv raises.
 - ``pairs.py``: connections with both ends in the process (a connect to its own
   listener): each end's recvs gated on what the code sent on the other.
 - ``records.py``: records as dicts, recorded errors, match keys, diffs.

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import binascii
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ReplayError
 from ..trace.events import decode_addr, format_addr
+from .ends import arm_stall, owed
 from .pairs import due, gated_readable, pair_if_loopback, peer_changed, wait_for_peer
 from .records import (
     EndsOnly,
@@ -50,7 +52,7 @@ class Stream(SendChecks):
     __slots__ = ("acceptq", "anchor", "cassette", "chunk", "claimed", "done", "eof", "family",
                  "gated", "key", "key_address", "kind", "laddr", "last", "listening", "notify",
                  "off", "paced", "parent", "peer", "raddr", "rcvd", "ready", "rec_sent", "recvq",
-                 "recvs", "setup", "shut", "sid")
+                 "recvs", "setup", "shut", "sid", "stall", "stalled")
 
     def __init__(self, cassette: Cassette, sid: int) -> None:
         self.cassette = cassette
@@ -88,6 +90,8 @@ class Stream(SendChecks):
         self.peer: Stream | None = None
         self.rcvd = 0  # bytes delivered by the slow path (all of a gated stream's)
         self.shut = False  # the code shut down our sending side (or closed us)
+        self.stall: threading.Timer | None = None  # past the recording, bytes owed (ends.py)
+        self.stalled = False
 
     def describe(self) -> str:
         if self.listening:
@@ -241,8 +245,8 @@ class Stream(SendChecks):
             return b""  # after the peer's FIN, recv keeps returning b''
         cas = self.cassette
         raise ReplayError(f"{cas.path}: {self.describe()}: the code called recv after the "
-                          f"{self.recvs} recvs the recording has for it{cas.incomplete()}; "
-                          "the code reads further than the recorded program did")
+                          f"{self.recvs} recvs the recording has for it{cas.incomplete()}"
+                          f"{owed(self)}; the code reads further than the recorded program did")
 
     def readable(self) -> bool:
         with self.cassette.lock:
@@ -261,8 +265,12 @@ class Stream(SendChecks):
         if not q and not self._more(q):
             # The end of the recording: once the code has sent all the recording sent, a
             # recv is past it, and recv says so rather than leave select() hanging; until
-            # then the recorded program was still sending, and nothing was there to read.
-            return self.eof or self.sent >= self.rec_sent
+            # then the recorded program was still sending (ends.py: the stall timer).
+            if self.eof or self.sent >= self.rec_sent or self.stalled:
+                return True
+            if self.stall is None and self.notify is not None and not self.cassette.speed:
+                arm_stall(self)
+            return False
         return bool(q[0][0] <= self.sent)
 
     def _update(self) -> None:
@@ -347,6 +355,8 @@ class Stream(SendChecks):
             self.acceptq.clear()
             self.chunk = None
             self.notify = None
+            if self.stall is not None:
+                self.stall.cancel()
             if self.peer is not None:
                 peer_changed(self)
 

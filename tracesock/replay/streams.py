@@ -12,7 +12,10 @@ of the code's sockets, the stream answers that socket's calls:
 * a stream is *readable* when its next recv is due: the code has sent at least what
   the recording had sent before it. The socket layer (sockets.py) is told of
   readiness changes by callback and mirrors them on a real file descriptor, so
-  select() and selectors work.
+  select() and selectors work. Past its last recorded recv it is readable once the
+  code has sent all the recording sent, and recv raises (ends.py);
+* a stream whose peer is another socket of the code (pairs.py) is *gated* instead: a
+  recv is due when that peer has sent its bytes, and a blocking one waits for them.
 
 No I/O here: the cassette's clock and sleep pace recvs when replaying in real time.
 """

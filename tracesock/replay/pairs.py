@@ -8,7 +8,10 @@ Replayed like any connection, the reading end would have all its recorded chunks
 at once (it never sends, so nothing gates them), and would look readable at the end of
 its recording, as a connection whose peer is elsewhere does, where the real one blocks.
 
-So such a pair is *gated*: each recorded recv of one end is due only once the code has
+Why not hand the two ends a real socketpair: a real pair merges two sends into one
+recv or splits one, as the scheduler has it, so the chunks the code reads would depend
+on timing, and what it sends on either end would go unchecked. So such a pair is
+*gated*: each recorded recv of one end is due only once the code has
 sent, on the other end, every byte the recording had received up to the end of that
 chunk; a recorded FIN (or reset) only once the other end is shut down or closed. The
 chunks stay the recorded ones, so what the code reads does not depend on timing, only

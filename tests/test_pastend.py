@@ -163,3 +163,34 @@ def test_a_select_loop_that_owes_bytes_stalls_instead_of_hanging(
             s.recv(100)
         s.close()
         rep.skip_final_checks()
+
+
+def test_asyncio_that_owes_bytes_stalls_instead_of_hanging(
+        tmp_path: Path, quiet_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.jsonl"
+
+    async def polite(address: tuple[str, int]) -> bytes:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(b"ask")
+        data = await reader.read(100)
+        writer.write(b"bye")
+        await writer.drain()
+        writer.close()
+        return data
+
+    async def waits_first(address: tuple[str, int]) -> None:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(b"ask")
+        assert await reader.read(100) == REPLY
+        try:
+            await reader.read(100)  # diverges: waits for an answer before its "bye"
+        finally:
+            writer.close()
+
+    with tracesock.trace(path):
+        assert asyncio.run(polite(quiet_server)) == REPLY
+    monkeypatch.setattr(ends, "END_WAIT", 0.3)
+    with tracesock.replay(path) as rep:
+        with pytest.raises(ReplayError, match=PAST + r" \(and has yet to send 3 bytes"):
+            asyncio.run(waits_first(quiet_server))
+        rep.skip_final_checks()

@@ -13,7 +13,9 @@ recv or splits one, as the scheduler has it, so the chunks the code reads would 
 on timing, and what it sends on either end would go unchecked. So such a pair is
 *gated*: each recorded recv of one end is due only once the code has
 sent, on the other end, every byte the recording had received up to the end of that
-chunk; a recorded FIN (or reset) only once the other end is shut down or closed. The
+chunk; a recorded FIN (or reset) only once the other end is shut down or closed. (Bytes
+a forked child sent on its copy of the other end are not waited for: in a trace that
+followed children, their records carry another pid.) The
 chunks stay the recorded ones, so what the code reads does not depend on timing, only
 on what its own other end has done. Past its recording a gated end is not readable
 while its peer is open (the kernel would block, and the recorded program never read
@@ -36,6 +38,7 @@ from ..errors import ReplayError
 
 if TYPE_CHECKING:
     from .cassette import Cassette
+    from .records import Record
     from .streams import Stream
 
 PEER_WAIT = 5.0  # seconds a blocking recv waits for bytes its in-process peer must send
@@ -56,16 +59,27 @@ def due(st: Stream) -> bool:
     peer = st.peer
     if peer is None:
         return False  # connected to one of our listeners, not accepted yet
-    _, chunk, rec = q[0]
+    sent_before, chunk, rec = q[0]
     if chunk is None:
         size = int(rec.get("nbytes") or 0)
-        if "error" in rec or not size:
-            return peer.shut
-    elif not chunk:
-        return peer.shut
+        fin = "error" in rec or not size
     else:
         size = len(chunk)
-    return st.rcvd + size <= peer.sent
+        fin = not size
+    if peer.shut if fin else st.rcvd + size <= peer.sent:
+        return True
+    # A forked child answered on its copy of the peer: this process never sees those
+    # sends, so the recv is due as any other (the code has sent what preceded it).
+    return _sent_elsewhere(peer, rec) and sent_before <= st.sent
+
+
+def _sent_elsewhere(peer: Stream, rec: Record) -> bool:
+    """The peer's next recorded send was made by another process than ``rec``'s."""
+    pid = rec.get("pid")
+    q = peer.sendq
+    if pid is None or (not q and not peer._more(q)):
+        return False
+    return bool(q[0].get("pid", pid) != pid)
 
 
 def gated_readable(st: Stream) -> bool:

@@ -161,3 +161,43 @@ def test_a_pair_made_with_connect_in_progress(tmp_path: Path) -> None:
         recorded = run()
     with tracesock.replay(path):
         assert run() == recorded == [False, True, b"w", False]
+
+
+def test_a_threaded_server_in_process_replays_its_chunks(tmp_path: Path) -> None:
+    # Client and server in one process: the client's recvs get the recorded chunks, in
+    # step with what the server thread sends, however the threads are scheduled.
+    path = tmp_path / "both.jsonl"
+
+    def run() -> list[bytes]:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            conn.recv(100)
+            for piece in (b"one ", b"two ", b"three"):
+                time.sleep(0.03)
+                conn.sendall(piece)
+            conn.close()
+
+        t = threading.Thread(target=serve)
+        t.start()
+        c = socket.create_connection(srv.getsockname(), timeout=5)
+        c.sendall(b"go")
+        got = []
+        for _ in range(10):
+            got.append(c.recv(100))
+            if not got[-1]:
+                break
+        c.close()
+        t.join(5)
+        srv.close()
+        return got
+
+    with tracesock.trace(path):
+        recorded = run()
+    assert recorded == [b"one ", b"two ", b"three", b""]
+    for _ in range(3):
+        with tracesock.replay(path):
+            assert run() == recorded

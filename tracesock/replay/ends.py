@@ -10,7 +10,8 @@ its DISCONNECT is queued. Readable then would be wrong; never readable would han
 program that, diverging, waits for an answer before it sends. So a *stall timer* runs:
 when the code has still not sent those bytes END_WAIT seconds (plus twice the recorded
 pause before the recording's last send) after its last recv, the socket turns readable,
-and recv raises. Only a diverging program ever sees it fire; it is not armed when
+and recv raises. Only a diverging program ever sees it fire. It is armed only for a
+socket the code has read from (not one thread per send-only socket), and not when
 replaying in real time (recorded pauses are slept, and may be long).
 """
 

@@ -271,7 +271,8 @@ class Stream(SendChecks):
             # then the recorded program was still sending (ends.py: the stall timer).
             if self.eof or self.sent >= self.rec_sent or self.stalled:
                 return True
-            if self.stall is None and self.notify is not None and not self.cassette.speed:
+            if self.stall is None and self.recvs and self.notify is not None \
+                    and not self.cassette.speed:
                 arm_stall(self)
             return False
         return bool(q[0][0] <= self.sent)

@@ -198,7 +198,7 @@ def test_show_and_stats_exit_0_or_2_without_traceback(data: bytes,
 def _drive(trace: tracesock.Trace) -> None:
     """A client that does, against the replay, what the recording's clients did."""
     for conn in list(trace.connections.values())[:4]:
-        if conn.role != "client" or not isinstance(conn.raddr, tuple):
+        if conn.role != "client" or not isinstance(conn.raddr, tuple) or len(conn.raddr) < 2:
             continue
         try:
             with socket.create_connection(conn.raddr[:2], timeout=1) as s:

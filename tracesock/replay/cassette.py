@@ -28,6 +28,7 @@ from ..trace.batches import BatchReader
 from ..trace.events import RECV_OPS, SEND_OPS, CallEvent, decode_addr, format_addr
 from ..trace.reader import TraceReader, event_from_record
 from .children import only_process
+from .pairs import gate_if_own_listener
 from .records import (
     CHECKS,
     KEY_OF,
@@ -66,6 +67,8 @@ class Cassette:
         self.clock = clock
         self.sleep = sleep
         self.lock = threading.RLock()
+        self.turn = threading.Condition(self.lock)  # a gated recv waits on it (pairs.py)
+        self.listeners: set[Any] = set()  # recorded addresses the code listens on
         self.streams: dict[int, Stream] = {}
         self.unclaimed: list[Stream] = []
         self.errors: list[BaseException] = []
@@ -290,6 +293,8 @@ class Cassette:
                         first = st.setup[0] if st.setup else (st.sendq[0] if st.sendq else None)
                         t0 = float(first["t"]) if first is not None else 0.0
                         st.anchor = (self.clock(), t0)
+                        if how == "connect":
+                            gate_if_own_listener(self, st)
                         return st
                 seen = len(self.unclaimed)
                 if not self.pull():

@@ -377,7 +377,7 @@ class ReplaySocket(socket.socket, metaclass=StandInMeta):
         return value
 
     def shutdown(self, how: int, /) -> None:
-        self._rs_connected()
+        self._rs_connected().shutdown(how)
 
     def detach(self) -> int:
         raise ReplayError("detach() on a replayed socket: there is no real connection to "

@@ -12,7 +12,10 @@ of the code's sockets, the stream answers that socket's calls:
 * a stream is *readable* when its next recv is due: the code has sent at least what
   the recording had sent before it. The socket layer (sockets.py) is told of
   readiness changes by callback and mirrors them on a real file descriptor, so
-  select() and selectors work.
+  select() and selectors work. Past its last recorded recv it is readable once the
+  code has sent all the recording sent, and recv raises (ends.py);
+* a stream whose peer is another socket of the code (pairs.py) is *gated* instead: a
+  recv is due when that peer has sent its bytes, and a blocking one waits for them.
 
 No I/O here: the cassette's clock and sleep pace recvs when replaying in real time.
 """
@@ -21,12 +24,15 @@ from __future__ import annotations
 
 import binascii
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ReplayError
 from ..trace.events import decode_addr, format_addr
+from .ends import arm_stall, owed
+from .pairs import due, gated_readable, pair_if_loopback, peer_changed, wait_for_peer
 from .records import (
     EndsOnly,
     Record,
@@ -47,9 +53,9 @@ class Stream(SendChecks):
     # attributes gets an unshared dict (CPython shares keys up to 29), and each attribute
     # access costs ~2 ns more: ~3% of the replay of a recv. A new attribute goes here too.
     __slots__ = ("acceptq", "anchor", "cassette", "chunk", "claimed", "done", "eof", "family",
-                 "key", "key_address", "kind", "laddr", "last", "listening", "notify", "off",
-                 "paced", "parent", "raddr", "ready", "rec_sent", "recvq", "recvs", "setup",
-                 "sid")
+                 "gated", "key", "key_address", "kind", "laddr", "last", "listening", "notify",
+                 "off", "paced", "parent", "peer", "raddr", "rcvd", "ready", "rec_sent", "recvq",
+                 "recvs", "setup", "shut", "sid", "stall", "stalled")
 
     def __init__(self, cassette: Cassette, sid: int) -> None:
         self.cassette = cassette
@@ -82,6 +88,13 @@ class Stream(SendChecks):
         self.notify: Callable[[bool], None] | None = None
         self.anchor: tuple[float, float] | None = None
         self.paced: Record | None = None
+        # Both ends in the process (pairs.py): recvs wait for the bytes the peer has sent.
+        self.gated = False
+        self.peer: Stream | None = None
+        self.rcvd = 0  # bytes delivered by the slow path (all of a gated stream's)
+        self.shut = False  # the code shut down our sending side (or closed us)
+        self.stall: threading.Timer | None = None  # past the recording, bytes owed (ends.py)
+        self.stalled = False
 
     def describe(self) -> str:
         if self.listening:
@@ -114,6 +127,8 @@ class Stream(SendChecks):
         rec = self.take_setup(("listen",))
         with self.cassette.lock:
             self.listening = True
+            if self.laddr is not None:
+                self.cassette.listeners.add(self.laddr)
             self._update()
         return rec
 
@@ -132,7 +147,7 @@ class Stream(SendChecks):
         lock.acquire()
         try:
             q = self.recvq
-            if q and self.chunk is None and not (peek or dgram or self.done):
+            if q and self.chunk is None and not (peek or dgram or self.done or self.gated):
                 # The common case first: a whole decoded chunk that bufsize takes.
                 sent_before, chunk, rec = q[0]
                 if chunk and len(chunk) <= bufsize and not (nonblocking and
@@ -148,6 +163,8 @@ class Stream(SendChecks):
                     return chunk
             if self.done:
                 raise OSError(9, os.strerror(9))
+            if self.gated and not due(self):
+                wait_for_peer(self, nonblocking)
             chunk = self.chunk
             if chunk is None:
                 q = self.recvq
@@ -166,7 +183,8 @@ class Stream(SendChecks):
                     self.recvs += 1
                     if not chunk:
                         self.eof = True
-                    if q:
+                    self.rcvd += len(chunk)
+                    if q and not self.gated:
                         if (q[0][0] <= self.sent) is not self.ready:
                             self._update()
                     else:
@@ -179,6 +197,7 @@ class Stream(SendChecks):
             if peek:
                 return out
             off += len(out)
+            self.rcvd += len(out)
             if off >= len(chunk):
                 self.chunk = None
                 self.recvq.popleft()
@@ -229,8 +248,8 @@ class Stream(SendChecks):
             return b""  # after the peer's FIN, recv keeps returning b''
         cas = self.cassette
         raise ReplayError(f"{cas.path}: {self.describe()}: the code called recv after the "
-                          f"{self.recvs} recvs the recording has for it{cas.incomplete()}; "
-                          "the code reads further than the recorded program did")
+                          f"{self.recvs} recvs the recording has for it{cas.incomplete()}"
+                          f"{owed(self)}; the code reads further than the recorded program did")
 
     def readable(self) -> bool:
         with self.cassette.lock:
@@ -239,13 +258,23 @@ class Stream(SendChecks):
     def _readable(self) -> bool:
         if self.done:
             return False
+        if self.gated:
+            return gated_readable(self)
         if self.listening:
             return bool(self.acceptq) or self._more(self.acceptq)
         if self.chunk is not None:
             return True
         q = self.recvq
         if not q and not self._more(q):
-            return True  # end of recording: let recv say so rather than hang in select
+            # The end of the recording: once the code has sent all the recording sent, a
+            # recv is past it, and recv says so rather than leave select() hanging; until
+            # then the recorded program was still sending (ends.py: the stall timer).
+            if self.eof or self.sent >= self.rec_sent or self.stalled:
+                return True
+            if self.stall is None and self.recvs and self.notify is not None \
+                    and not self.cassette.speed:
+                arm_stall(self)
+            return False
         return bool(q[0][0] <= self.sent)
 
     def _update(self) -> None:
@@ -273,7 +302,17 @@ class Stream(SendChecks):
                 n = self._send_concat(data, op)
             if n and not self.ready:
                 self._update()
+            if self.peer is not None:
+                peer_changed(self)
             return n
+
+    def shutdown(self, how: int) -> None:
+        """The code shut down a side: SHUT_WR (1) or SHUT_RDWR (2) is a FIN to a peer."""
+        if how in (1, 2):
+            with self.cassette.lock:
+                self.shut = True
+                if self.peer is not None:
+                    peer_changed(self)
 
     # -- listening ----------------------------------------------------------------------
 
@@ -296,6 +335,7 @@ class Stream(SendChecks):
             if child is None or child.claimed:
                 raise cas.bad_record(rec, "accept record names no recorded socket")
             child.claimed = True
+            pair_if_loopback(cas, child)
             child.anchor = (cas.clock(), float(rec["t"]) + float(rec.get("dur") or 0.0))
             return child, decode_addr(rec.get("raddr"))
 
@@ -314,10 +354,15 @@ class Stream(SendChecks):
     def close(self) -> None:
         with self.cassette.lock:
             self.done = True
+            self.shut = True
             self.recvq.clear()
             self.acceptq.clear()
             self.chunk = None
             self.notify = None
+            if self.stall is not None:
+                self.stall.cancel()
+            if self.peer is not None:
+                peer_changed(self)
 
     # -- TLS over memory BIOs (asyncio ssl=; tls.py) --------------------------------------
 

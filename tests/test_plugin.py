@@ -205,3 +205,21 @@ def test_marker_follow_children_records_and_replays_a_child(pytester: pytest.Pyt
     again = run(pytester, "--tracesock-mode=none")  # the child replays: nothing listens
     again.assert_outcomes(passed=1)
     again.stdout.fnmatch_lines(["*MODE replay*"])
+
+
+def test_tracesock_run_of_pytest_gets_no_rewrite_warning(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``tracesock run -m pytest`` tracesock is imported before pytest, which marks
+    the top package of every plugin distribution for rewriting: with tracesock installed
+    as a wheel that warned (an error under ``filterwarnings = error``, as in urllib3's
+    own suite). The package opts out of rewriting."""
+    import sys
+
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+
+    hook = AssertionRewritingHook(pytester.parseconfig())
+    warned: list[str] = []
+    monkeypatch.setattr(hook, "_warn_already_imported", warned.append)
+    assert "tracesock" in sys.modules and "hypothesis" in sys.modules
+    hook.mark_rewrite("tracesock", "hypothesis")  # both already imported
+    assert warned == ["hypothesis"]

@@ -3,6 +3,11 @@
 The public API is listed in ``__all__``; everything else is internal. Importing
 tracesock never imports scapy or pyshark (capture and analysis load them on use).
 
+PYTEST_DONT_REWRITE: ``tracesock run -m pytest`` has imported this package before
+pytest starts, and pytest marks the packages of its plugins (ours: ``tracesock.plugin``)
+for assertion rewriting; an installed (not editable) tracesock would otherwise get a
+PytestAssertRewriteWarning, an error in suites with ``filterwarnings = error``.
+
 The package is laid out by stage, dependencies pointing one way (tests/test_layout.py
 checks it): ``trace/`` (the format) <- ``capture/`` <- ``record/``; ``trace/`` <-
 ``replay/``; all of them <- ``lecture/`` (the views) <- ``cli.py`` and the pytest

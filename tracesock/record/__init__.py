@@ -7,6 +7,8 @@ real call and tells the recorder what came back, or what was raised (then re-rai
 unchanged). The recorder numbers and encodes the call and hands the line to the sink.
 
 - ``sockets.py``: TracedSocket, every wrapped method listed.
+- ``messages.py``: TracedSocket's message, file and datagram-into-buffer calls (a mixin).
+- ``borrowing.py``: traced methods copied onto other classes act as the originals there.
 - ``calls.py``: what a call's arguments say for its record; ``record_call``.
 - ``encoding.py``: the header record, payloads (capped, redacted), unencodable records.
 - ``recorder.py``: the I/O-free core: call facts in, numbered JSON lines out.

@@ -29,6 +29,7 @@ import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..patching import transport_socket
+from .borrowing import make_lendable
 from .calls import buffer_bytes, buffer_len, record_call
 from .recorder import Recorder
 
@@ -327,3 +328,7 @@ class TracedSSLObject(ssl.SSLObject):
 
 
 __all__ = ["TracedSSLObject", "TracedSSLSocket"]
+
+
+# A method copied onto another class is ssl.SSLSocket's there (borrowing.py).
+make_lendable(TracedSSLSocket, ssl.SSLSocket)

@@ -15,6 +15,8 @@ unchanged). The recorder numbers and encodes the call and hands the line to the 
 - ``sink.py``: where lines go: a shared file mapping that survives SIGKILL.
 - ``compiled.py``: the compiled journal (``_journal.c``): the hot path in C.
 - ``tls.py``: the plaintext of ``ssl`` sockets and objects, on the socket's own id.
+- ``entropy.py``: the program's own nondeterministic inputs (``os.urandom``...),
+  written down as it gets them, for replay to give back.
 - ``patch.py``: the classes installed for a block, bound to one recorder.
 - ``children.py``: following forked and exec'd children, each into its own file.
 - ``tracing.py``: ``trace()``, with an optional capture alongside (capture/).

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import ReplayError, TraceFormatError, UsageError
@@ -77,6 +77,8 @@ class Cassette:
         self.final_checks = True
         self.pid = reader.header.pid if reader is not None else None  # the top process
         self._bios: dict[int, deque[Stream]] = {}  # wrap_bio streams by transport socket id
+        self.header_extra: Mapping[str, Any] = reader.header.extra if reader else {}
+        self.entropy: Any = None  # what files entropy records, when they are given back
 
     @classmethod
     def open(cls, path: str, *, process: int | None = None, **options: Any) -> Cassette:
@@ -150,7 +152,9 @@ class Cassette:
         st = None
         for rec in batch:
             if rec[k_type] != "call":
-                if rec[k_type] == "end" and self._reader is not None:
+                if rec[k_type] == "entropy" and self.entropy is not None:
+                    self.entropy.file(rec)  # the program's own inputs (entropy.py)
+                elif rec[k_type] == "end" and self._reader is not None:
                     self._reader.end = rec
                 continue
             seq = rec[k_seq]

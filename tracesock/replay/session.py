@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from ..patching import classes_replaced
+from ..errors import ReplayMismatch
+from ..patching import classes_replaced, entropy_replaced
 from .cassette import Cassette
 from .children import ReplayingChildren
+from .entropy import EntropyReplay, restore_random
 from .sockets import ReplaySocket, speed_factor
 from .tls import ReplaySSLObject, ReplaySSLSocket
 
@@ -97,6 +99,7 @@ def replay(
     sleep: Callable[[float], None] = time.sleep,
     follow_children: bool = False,
     process: int | None = None,
+    entropy: bool = True,
 ) -> Iterator[Replay]:
     """Run the block against the recording at ``path``, with no network.
 
@@ -113,16 +116,30 @@ def replay(
     instead. ``follow_children=True`` makes the Python children the block starts with
     exec (``subprocess``, ``multiprocessing`` spawn) replay theirs too, each matched to
     a recorded child (children.py); what went wrong in them is raised at the end.
+
+    With ``entropy=True`` (the default) and a trace that recorded them, the program's
+    own nondeterministic inputs are given back (entropy.py): ``os.urandom`` and
+    ``os.getrandom`` per thread in the recorded order (so ``secrets``, ``uuid4``,
+    multipart boundaries...), ``os.getpid``/``getppid``, ``random``'s state at the start,
+    and ``time.time``/``time_ns`` if they were recorded; code that asks for something
+    else gets fresh values and the replay ends with a ReplayMismatch saying so.
     """
     name = os.fspath(path)
     speed = speed_factor(realtime)
     cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
                         sleep=sleep)
     cls = ReplaySocket.bound_to(cas, stand_in=True)
+    recorded = cas.header_extra.get("entropy") if entropy else None
+    inputs = None
+    if isinstance(recorded, dict):  # a trace recorded with entropy (record/entropy.py)
+        inputs = EntropyReplay(cas, recorded)
+        if isinstance(recorded.get("random"), dict):
+            restore_random(recorded["random"])
     kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \
         if follow_children else None
     try:
         with replacing(cls, getaddrinfo=_Resolver(cas, socket.getaddrinfo)), \
+                entropy_replaced(inputs.functions if inputs is not None else {}), \
                 (kids.environment() if kids is not None else nullcontext()):
             yield Replay(name, cas, cls)
     except BaseException:
@@ -132,6 +149,8 @@ def replay(
         raise
     try:
         cas.finish()
+        if inputs is not None and inputs.mismatches:
+            raise ReplayMismatch("; ".join(inputs.mismatches))
     except BaseException:
         if kids is not None:
             kids.close()

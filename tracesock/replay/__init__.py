@@ -13,6 +13,7 @@ select() and asyncio work.
   the trace read in batches.
 - ``streams.py``: one recorded connection as the code sees it; ``sends.py``, its send
   side: what the code sends checked against the recording.
+- ``ignoring.py``: ``ignore`` patterns: sent bytes compared with their matches blanked.
 - ``entropy.py``: the program's own nondeterministic inputs (``os.urandom``, pids,
   ``random``'s state, the clock if recorded) given back per thread, in order.
 - ``records.py``: records as dicts, recorded errors, match keys, diffs.

@@ -28,6 +28,7 @@ from ..trace.batches import BatchReader
 from ..trace.events import RECV_OPS, SEND_OPS, CallEvent, decode_addr, format_addr
 from ..trace.reader import TraceReader, event_from_record
 from .children import only_process
+from .ignoring import Ignoring
 from .records import (
     CHECKS,
     KEY_OF,
@@ -55,13 +56,15 @@ class Cassette:
                  check: str = "concat",
                  speed: float = 0.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 reader: TraceReader | None = None) -> None:
+                 reader: TraceReader | None = None,
+                 ignore: Iterable[str | bytes] | None = None) -> None:
         if check not in CHECKS:
             raise UsageError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
         if speed < 0:
             raise UsageError("the replay speed must be positive")
         self.path = path
         self.check = check
+        self.ignore = Ignoring(ignore) if ignore else None  # patterns blanked in sends
         self.speed = speed
         self.clock = clock
         self.sleep = sleep
@@ -97,7 +100,11 @@ class Cassette:
         except BaseException:
             reader.close()
             raise
-        cas = cls(batches, path=path, reader=reader, **options)
+        try:
+            cas = cls(batches, path=path, reader=reader, **options)
+        except BaseException:  # bad options (check, ignore): the file is not left open
+            reader.close()
+            raise
         cas.pid = pid
         return cas
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -100,6 +100,7 @@ def replay(
     follow_children: bool = False,
     process: int | None = None,
     entropy: bool = True,
+    ignore: Iterable[str | bytes] = (),
 ) -> Iterator[Replay]:
     """Run the block against the recording at ``path``, with no network.
 
@@ -123,11 +124,17 @@ def replay(
     multipart boundaries...), ``os.getpid``/``getppid``, ``random``'s state at the start,
     and ``time.time``/``time_ns`` if they were recorded; code that asks for something
     else gets fresh values and the replay ends with a ReplayMismatch saying so.
+
+    ``ignore=[regex, ...]`` (str or bytes patterns) blanks the matches out of what the
+    code sends and of what the recording sent before they are compared (request ids,
+    timestamps that stay nondeterministic): each match becomes one fixed placeholder,
+    so the two may differ in length there (ignoring.py). Mismatches still show the real
+    bytes. With ``check="concat"``, counts are then not cut short as recorded.
     """
     name = os.fspath(path)
     speed = speed_factor(realtime)
     cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
-                        sleep=sleep)
+                        sleep=sleep, ignore=list(ignore))
     cls = ReplaySocket.bound_to(cas, stand_in=True)
     recorded = cas.header_extra.get("entropy") if entropy else None
     inputs = None

@@ -205,3 +205,23 @@ def test_marker_follow_children_records_and_replays_a_child(pytester: pytest.Pyt
     again = run(pytester, "--tracesock-mode=none")  # the child replays: nothing listens
     again.assert_outcomes(passed=1)
     again.stdout.fnmatch_lines(["*MODE replay*"])
+
+
+def test_marker_ignore_and_entropy(pytester: pytest.Pytester) -> None:
+    """A request carrying a random token and a timestamp replays: the token is given
+    back (entropy), the timestamp is ignored (marker's ``ignore``)."""
+    pytester.makeini("[pytest]\naddopts = --strict-markers\nfilterwarnings = error\n")
+    pytester.makepyfile(test_fetch=FETCH.replace(
+        'conn.recv(100)', 'print("GOT", conn.recv(100))').replace(
+        'b"hi"', 'b"hi " + os.urandom(4).hex().encode() + f" t={time.time_ns()}".encode()'
+    ).replace("import socket\n", "import os\nimport socket\n").replace(
+        '@pytest.mark.tracesock("captures/fetch.jsonl")',
+        '@pytest.mark.tracesock("captures/fetch.jsonl", ignore=[r"t=\\d+"])'))
+    first = run(pytester)
+    first.assert_outcomes(passed=1)
+    second = run(pytester)
+    second.assert_outcomes(passed=1)
+    assert "MODE replay" in second.stdout.str()
+    bad = pytester.path / "test_fetch.py"
+    bad.write_text(bad.read_text().replace(', ignore=[r"t=\\d+"]', ""))
+    run(pytester).assert_outcomes(failed=1)  # without ignore: the timestamp differs

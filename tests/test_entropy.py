@@ -11,6 +11,7 @@ import json
 import os
 import random
 import secrets
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,6 +145,23 @@ def test_another_size_is_a_mismatch_naming_both(tmp_path: Path) -> None:
         assert len(os.urandom(4)) == 4  # after a divergence: fresh values
     assert "the code asked os.urandom(16) where the recording had os.urandom(4)" in str(
         err.value)
+
+
+def test_a_send_mismatch_after_a_divergence_says_so(tmp_path: Path) -> None:
+    listener = socket.socket()  # made before the trace: never traced; the kernel's
+    listener.bind(("127.0.0.1", 0))  # backlog completes the connect, no accept needed
+    listener.listen()
+    address = listener.getsockname()
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path), socket.create_connection(address) as s:
+        s.sendall(os.urandom(4).hex().encode())
+    listener.close()
+    with pytest.raises(ReplayMismatch) as err, tracesock.replay(path), \
+            socket.create_connection(address) as s:
+        s.sendall(os.urandom(8).hex().encode())
+    assert "sent bytes differ" in str(err.value)
+    assert any("os.urandom(8) where the recording had os.urandom(4)" in note
+               for note in getattr(err.value, "__notes__", []))
 
 
 def test_more_calls_than_recorded_is_a_mismatch(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from ..errors import ReplayMismatch
+from ..errors import ReplayError, ReplayMismatch
 from ..patching import classes_replaced, entropy_replaced
 from .cassette import Cassette
 from .children import ReplayingChildren
@@ -149,10 +149,13 @@ def replay(
                 entropy_replaced(inputs.functions if inputs is not None else {}), \
                 (kids.environment() if kids is not None else nullcontext()):
             yield Replay(name, cas, cls)
-    except BaseException:
+    except BaseException as exc:
         cas.close()
         if kids is not None:
             kids.close()
+        if inputs is not None and inputs.mismatches and isinstance(exc, ReplayError) \
+                and hasattr(exc, "add_note"):  # why the bytes differ, most likely
+            exc.add_note("; ".join(inputs.mismatches))
         raise
     try:
         cas.finish()

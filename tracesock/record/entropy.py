@@ -14,8 +14,10 @@ from run to run; the order in which threads first ask is what replay can match),
 replay gives every thread its own values back in the order it asked for them. The
 state of ``random``'s global generator and the process ids go into the header's
 ``entropy`` field at the start of the block: replay restores the one and answers
-``os.getpid()``/``os.getppid()`` with the others. Only the process that started the
-trace records: a forked child's calls go through to the real functions.
+``os.getpid()``/``os.getppid()`` with the others. (``random`` is imported with
+tracesock, so a program that imports it inside the block gets the generator whose state
+was recorded, not one seeded then from the kernel, unseen.) Only the process that
+started the trace records: a forked child's calls go through to the real functions.
 """
 
 from __future__ import annotations

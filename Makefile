@@ -58,7 +58,7 @@ unit: venv
 # The core's tests run twice: through the compiled journal (the default) and through
 # the Python path that stands in for it where it could not be built.
 CORE_TESTS := tests/test_sockets.py tests/test_concurrency.py tests/test_faults.py \
-	tests/test_stdlib.py tests/test_tracefile.py tests/test_journal.py
+	tests/test_stdlib.py tests/test_tracefile.py tests/test_journal.py tests/test_borrowing.py
 
 test: venv
 	$(PY) -m ruff check tracesock tests bench

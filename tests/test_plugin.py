@@ -220,3 +220,23 @@ def test_tracesock_run_of_pytest_gets_no_rewrite_warning() -> None:
     import tracesock
 
     assert AssertionRewriter.is_rewrite_disabled(tracesock.__doc__ or "")
+
+
+def test_marker_ignore_and_entropy(pytester: pytest.Pytester) -> None:
+    """A request carrying a random token and a timestamp replays: the token is given
+    back (entropy), the timestamp is ignored (marker's ``ignore``)."""
+    pytester.makeini("[pytest]\naddopts = --strict-markers\nfilterwarnings = error\n")
+    pytester.makepyfile(test_fetch=FETCH.replace(
+        'conn.recv(100)', 'print("GOT", conn.recv(100))').replace(
+        'b"hi"', 'b"hi " + os.urandom(4).hex().encode() + f" t={time.time_ns()}".encode()'
+    ).replace("import socket\n", "import os\nimport socket\n").replace(
+        '@pytest.mark.tracesock("captures/fetch.jsonl")',
+        '@pytest.mark.tracesock("captures/fetch.jsonl", ignore=[r"t=\\d+"])'))
+    first = run(pytester)
+    first.assert_outcomes(passed=1)
+    second = run(pytester)
+    second.assert_outcomes(passed=1)
+    assert "MODE replay" in second.stdout.str()
+    bad = pytester.path / "test_fetch.py"
+    bad.write_text(bad.read_text().replace(', ignore=[r"t=\\d+"]', ""))
+    run(pytester).assert_outcomes(failed=1)  # without ignore: the timestamp differs

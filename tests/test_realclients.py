@@ -10,7 +10,6 @@ varies from run to run (dates, ids) is left out of what they print, not masked a
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -31,16 +30,11 @@ from realservers import (
     RedisServer,
 )
 
-import tracesock
-
 pytest_plugins = ["realservers"]
 pytestmark = pytest.mark.timeout(120)
 
 RUN_TIMEOUT = 60.0  # seconds for one subprocess: a hang fails the case, it never waits on
 REPLAYS = 3
-needs_entropy = pytest.mark.skipif(
-    "entropy" not in inspect.signature(tracesock.replay).parameters,
-    reason="needs entropy replay (issue 13a)")
 
 HARNESS = '''
 import json, sys
@@ -277,7 +271,6 @@ def test_paho_mqtt_loop_start(tmp_path: Path, mosquitto_server: MosquittoServer)
                    ["message", "tracesock/replay", "hello"]]
 
 
-@needs_entropy
 def test_pymysql(tmp_path: Path, mariadb_server: MariaDBServer) -> None:
     out = check_offline(tmp_path, '''
         import pymysql
@@ -299,7 +292,6 @@ def test_pymysql(tmp_path: Path, mariadb_server: MariaDBServer) -> None:
     assert out == [["tracesock"]]
 
 
-@needs_entropy
 def test_pg8000_scram(tmp_path: Path, postgres_server: PostgresServer) -> None:
     out = check_offline(tmp_path, '''
         import pg8000.native
@@ -315,7 +307,6 @@ def test_pg8000_scram(tmp_path: Path, postgres_server: PostgresServer) -> None:
     assert out == [[[2]], [["SCRAM"]]]
 
 
-@needs_entropy
 def test_requests_multipart(tmp_path: Path, http_server: HttpServer) -> None:
     # requests picks a random multipart boundary (os.urandom): replayed, it must be the
     # recorded one. The server ignores the body; what it returns is checked as usual.

@@ -38,6 +38,10 @@ def _add_trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--follow-children", action="store_true",
                    help="trace the Python child processes too (fork, subprocess, "
                         "multiprocessing), merged into one trace with a pid on each call")
+    p.add_argument("--no-entropy", action="store_true",
+                   help="do not record os.urandom, pids and random's state for replay")
+    p.add_argument("--wall-clock", action="store_true",
+                   help="also record time.time()/time_ns() for replay to give back")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say on stderr where the trace went, when the program ends")
 

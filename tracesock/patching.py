@@ -5,9 +5,12 @@ stand-in class, so everything that builds sockets through the module attribute
 (``socket.create_connection``, ``socketpair``, ``fromfd``, ``http.client``,
 ``socketserver``, ``asyncio``, ``ftplib``, ``smtplib``...) gets one. The
 ``ssl.SSLContext`` socket and object classes are swapped alongside, and replay swaps
-``socket.getaddrinfo`` too. The originals are put back in ``finally``, whatever the block
-raised. This module knows none of the classes it installs: record/ and replay/ hand
-them in (``record/patch.py``, ``replay/session.py``).
+``socket.getaddrinfo`` too; and ``os.urandom``, ``os.getrandom``, ``os.getpid``/``getppid``
+(and, opt-in, ``time.time``/``time_ns``), which recording writes down and replay gives
+back (``record/entropy.py``, ``replay/entropy.py``). The originals are put back in
+``finally``, whatever the block raised. This module knows none of the classes and
+functions it installs: record/ and replay/ hand them in (``record/patch.py``,
+``replay/session.py``).
 
 Also here, because they are how tracesock reaches into code it does not own:
 
@@ -26,9 +29,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
@@ -58,6 +63,34 @@ def classes_replaced(socket_class: type[socket.socket], sslsocket_class: Any,
     finally:
         (socket.socket, socket.getaddrinfo,  # type: ignore[misc]
          ctx.sslsocket_class, ctx.sslobject_class) = original
+
+
+# The program's own nondeterministic inputs, by the name record/ and replay/ give them,
+# and every place that name is reached through (random keeps its own urandom).
+ENTROPY_SOURCES: dict[str, tuple[tuple[Any, str], ...]] = {
+    "urandom": ((os, "urandom"), (random, "_urandom")),
+    "getrandom": ((os, "getrandom"),) if hasattr(os, "getrandom") else (),
+    "getpid": ((os, "getpid"),),
+    "getppid": ((os, "getppid"),),
+    "time": ((time, "time"),),
+    "time_ns": ((time, "time_ns"),),
+}
+
+
+@contextmanager
+def entropy_replaced(functions: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
+    """Replace each of ``ENTROPY_SOURCES`` named in ``functions`` (``os.urandom``...)
+    with the function given for it, for the block."""
+    targets = [(owner, attr, fn) for name, fn in functions.items()
+               for owner, attr in ENTROPY_SOURCES[name]]
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
+    try:
+        for owner, attr, fn in targets:
+            setattr(owner, attr, fn)
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
 
 
 # -- stand-in classes ---------------------------------------------------------------------

@@ -12,11 +12,11 @@ The marker (or requesting the ``tracesock`` fixture) runs the test inside
 * ``all``: record again, overwriting.
 
 Paths are relative to the test file's directory; without one the recording is
-``captures/<test module>/<test name>.jsonl`` there. Marker keywords ``check`` and
-``realtime`` go to ``replay()``, ``follow_children`` to both ``trace()`` and
-``replay()``. While replaying, nothing reaches the network: a socket that matches no
-recorded one fails the test with a ReplayError naming what was asked
-and what the recording holds. A recording made by a test that failed is deleted, so
+``captures/<test module>/<test name>.jsonl`` there. Marker keywords ``check``,
+``realtime`` and ``ignore`` go to ``replay()``, ``wall_clock`` to ``trace()``,
+``follow_children`` and ``entropy`` to both. While replaying, nothing reaches the
+network: a socket that matches no recorded one fails the test with a ReplayError naming
+what was asked and what the recording holds. A recording made by a test that failed is deleted, so
 that the next run records again rather than replaying the failure.
 
 This module imports only pytest: tracesock's recorder and replay load when a test
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 MODES = ("once", "none", "all")
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
-_MARKER = ("tracesock(path=None, *, check='concat', realtime=False, follow_children=False): "
+_MARKER = ("tracesock(path=None, *, check='concat', realtime=False, follow_children=False, "
+           "ignore=(), entropy=True, wall_clock=False): "
            "record this test's sockets into the JSONL trace at path (relative to the test "
            "file) or replay them from it, as --tracesock-mode says; with follow_children, "
            "those of the Python child processes too")
@@ -101,16 +102,19 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
     args: tuple[Any, ...] = marker.args if marker else ()
     options = dict(marker.kwargs) if marker else {}
     path = _recording_path(request, args[0] if args else options.pop("path", None))
-    unknown = set(options) - {"check", "realtime", "follow_children"}
+    unknown = set(options) - {"check", "realtime", "follow_children", "ignore", "entropy",
+                              "wall_clock"}
     if unknown:
         pytest.fail(f"tracesock marker: unknown keyword(s) {', '.join(sorted(unknown))} "
-                    "(known: path, check, realtime, follow_children)", pytrace=False)
+                    "(known: path, check, realtime, follow_children, ignore, entropy, "
+                    "wall_clock)", pytrace=False)
     mode = request.config.getoption("tracesock_mode") or request.config.getini("tracesock_mode")
     if mode not in MODES:
         pytest.fail(f"tracesock_mode must be one of {', '.join(MODES)}, not {mode!r}",
                     pytrace=False)
     if mode == "all" or (mode == "once" and not path.exists()):
-        yield from _record(request, path, bool(options.get("follow_children")))
+        yield from _record(request, path, {k: options[k] for k in options
+                                           if k in ("follow_children", "entropy", "wall_clock")})
         return
     if not path.exists():
         pytest.fail(f"tracesock: no recording at {path}; --tracesock-mode=none only replays: "
@@ -118,6 +122,7 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
     from .replay.session import replay
 
     try:
+        options.pop("wall_clock", None)  # what was recorded says
         with replay(path, **options) as rp:
             yield TracesockRun("replay", path, replay=rp)
             if _failed(request):
@@ -127,12 +132,11 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
 
 
 def _record(request: pytest.FixtureRequest, path: Path,
-            follow_children: bool) -> Iterator[TracesockRun]:
+            options: dict[str, Any]) -> Iterator[TracesockRun]:
     from .record.tracing import trace
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with trace(str(path), argv=[request.node.nodeid],
-               follow_children=follow_children) as tracing:
+    with trace(str(path), argv=[request.node.nodeid], **options) as tracing:
         yield TracesockRun("record", path, tracing=tracing)
     if _failed(request):
         path.unlink(missing_ok=True)  # never replay a failed run: record again next time

@@ -1132,7 +1132,13 @@ static PyObject *socket_methods(PyObject *module, PyObject *const *args, Py_ssiz
         Py_XSETREF(real_methods[op], real);
         Py_INCREF(py);
         Py_XSETREF(py_methods[op], py);
-        PyObject *descr = PyDescr_NewMethod(tt, &traced_defs[op]);
+        /* A descriptor of the type the real method belongs to (the C socket type), as
+         * socket.socket's own: copied onto another socket class (a library borrowing
+         * the method while tracing), it binds there and, on a self that is not traced,
+         * calls the Python method, which calls the real one (record/borrowing.py). */
+        PyTypeObject *owner = Py_IS_TYPE(real, &PyMethodDescr_Type)
+                                  ? ((PyMethodDescrObject *)real)->d_common.d_type : tt;
+        PyObject *descr = PyDescr_NewMethod(owner, &traced_defs[op]);
         if (descr == NULL || PyDict_SetItemString(out, OP_NAMES[op], descr) < 0) {
             Py_XDECREF(descr);
             Py_DECREF(out);

@@ -54,11 +54,9 @@ class Recorder:
     zero (it lets captures, stamped in wall time, be joined with calls).
 
     Two paths write the same records. The compiled journal (``_journal.c``) takes the
-    sends and receives of a trace file with the default clock and payload policy: it
-    numbers, formats and copies each record in one C call, the GIL serving as the lock.
-    Everything else, and everything when it is not built (or ``compiled=False``, or
-    ``TRACESOCK_PURE_PYTHON=1`` in the environment), goes the Python way below.
-    """
+    sends and receives of a trace file with the default clock and payload policy (one C
+    call each, the GIL as the lock); everything else, and everything without it
+    (``compiled=False``, ``TRACESOCK_PURE_PYTHON=1``), goes the Python way below."""
 
     transfer: Callable[..., None]
 
@@ -208,6 +206,23 @@ class Recorder:
             sink.spill(line)
         self._seq = seq
 
+    def _put_raw(self, sink: Sink, line: bytes) -> None:
+        """Write a line that is not a call (lock held)."""
+        if self._journal is not None and self._refill_error is None:
+            self._journal.append_raw(line)
+        else:
+            sink.spill(line)
+
+    def note(self, record: dict[str, Any]) -> None:
+        """Write a record that is not a call (``entropy``); ``after``: the last call's seq."""
+        with self._lock:
+            if self._sink is not None:
+                try:
+                    record["after"] = self.events_written
+                    self._put_raw(self._sink, _dumps(record, option=_OPTS))
+                except Exception as exc:
+                    self._fail(exc)
+
     # -- building records ---------------------------------------------------------------
 
     def _call(self, sock: int, op: str, start: float, fields: dict[str, Any]) -> dict[str, Any]:
@@ -235,13 +250,9 @@ class Recorder:
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         """``transfer(sock, op, start, nbytes, data, args, extra=None)``: a send/recv that
-        moved ``nbytes``; ``data`` is the buffer (or None); ``extra`` holds further
-        top-level fields (``{"tls": True}`` on TLS plaintext).
-
-        This is the hot path of tracing (every send and recv), kept flat on purpose. With
-        the compiled journal, ``transfer`` is the journal's, which calls this for what it
-        does not take itself (and then writes nothing).
-        """
+        moved ``nbytes``; ``data`` is the buffer (or None); ``extra``: more top-level
+        fields (``{"tls": True}``). The hot path, kept flat on purpose; with the compiled
+        journal, ``transfer`` is the journal's, which calls this for what it leaves."""
         end = self._clock()
         ev: dict[str, Any] = {
             "type": "call",
@@ -378,11 +389,7 @@ class Recorder:
             end = {"type": "end", "t": self._clock() - self._t0, "events": self.events_written,
                    "lost": self.lost}
             try:
-                line = orjson.dumps(end, option=_OPTS)
-                if self._journal is not None and self._refill_error is None:
-                    self._journal.append_raw(line)
-                else:
-                    sink.spill(line)
+                self._put_raw(sink, orjson.dumps(end, option=_OPTS))
             except Exception as exc:
                 self._warn(f"cannot finish the trace ({exc})")
             try:

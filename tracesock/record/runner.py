@@ -82,7 +82,8 @@ def _start_trace(args: argparse.Namespace, out: str, argv: list[str]) -> context
     options: dict[str, Any] = {"payload": not args.no_payload,
                                "max_payload": args.max_payload, "redact": args.redact,
                                "argv": argv, "keylog": args.keylog,
-                               "follow_children": args.follow_children}
+                               "follow_children": args.follow_children,
+                               "entropy": not args.no_entropy, "wall_clock": args.wall_clock}
     if args.capture:
         options.update(capture=args.capture, capture_all=args.capture_all,
                        capture_required=args.capture_required)

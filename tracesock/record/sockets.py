@@ -2,8 +2,10 @@
 
 It is a thin adapter: each wrapped method reads the clock, calls the real method,
 and tells the recorder what came back (or what was raised, which is then re-raised
-unchanged). Every wrapped method is listed here; anything not listed is inherited
-untouched from ``socket.socket`` (no ``__getattr__`` catch-all).
+unchanged). Every wrapped method is listed here or in the mixin ``messages.py``
+(sendmsg, sendfile, recvfrom_into, recvmsg); anything not listed is inherited untouched
+from ``socket.socket`` (no ``__getattr__`` catch-all). Copied onto another class, a
+method is ``socket.socket``'s there (``borrowing.py``).
 
 ``makefile()`` objects read and write through ``recv_into``/``send`` on the socket, so
 those calls are traced as the calls they really are. ``close()`` while makefile objects
@@ -17,11 +19,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..patching import StandInMeta, bound_subclass
+from .borrowing import make_lendable
 from .calls import (
     LEVEL_NAMES,
     OPT_NAMES,
@@ -33,6 +35,7 @@ from .calls import (
     sendto_args,
 )
 from .compiled import install as install_compiled
+from .messages import MessageCalls
 from .recorder import Recorder
 
 _socket_close = socket.socket.close
@@ -47,7 +50,7 @@ _sendto = socket.socket.sendto
 
 _socket_makefile: Any = socket.socket.makefile
 
-class TracedSocket(socket.socket, metaclass=StandInMeta):
+class TracedSocket(MessageCalls, metaclass=StandInMeta):
     """Drop-in ``socket.socket`` that records every call.
 
     ``TracedSocket(AF_INET, SOCK_STREAM, recorder=rec)`` records into ``rec``. Inside
@@ -196,7 +199,10 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
     # -- sending ------------------------------------------------------------------------
 
     def send(self, data: Any, flags: int = 0, /) -> int:
-        rec = self._ts_rec
+        try:
+            rec = self._ts_rec
+        except AttributeError:  # lent to another class (borrowing.py)
+            return _send(self, data, flags)
         start = rec.now()
         try:
             n = _send(self, data, flags)
@@ -208,7 +214,10 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         return n
 
     def sendall(self, data: Any, flags: int = 0, /) -> None:
-        rec = self._ts_rec
+        try:
+            rec = self._ts_rec
+        except AttributeError:
+            return _sendall(self, data, flags)
         start = rec.now()
         try:
             _sendall(self, data, flags)
@@ -231,44 +240,13 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         rec.transfer(self._ts_id, "sendto", start, n, buffer_bytes(data), sendto_args(args))
         return n
 
-    def sendmsg(self, buffers: Iterable[Any], ancdata: Any = (), flags: int = 0,
-                address: Any = None, /) -> int:
-        rec = self._ts_rec
-        bufs = list(buffers)
-        args: dict[str, Any] = {"buffers": len(bufs)}
-        if flags:
-            args["flags"] = flags
-        if address is not None:
-            args["address"] = address
-        start = rec.now()
-        try:
-            if address is None:
-                n = super().sendmsg(bufs, ancdata, flags)
-            else:
-                n = super().sendmsg(bufs, ancdata, flags, address)
-        except BaseException as exc:
-            rec.failure(self._ts_id, "sendmsg", start, exc, {"args": args})
-            raise
-        joined = b"".join(bytes(memoryview(b).cast("B")) for b in bufs) if rec.payload else None
-        rec.transfer(self._ts_id, "sendmsg", start, n, joined, args)
-        return n
-
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        rec = self._ts_rec
-        args: dict[str, Any] = {"offset": offset, "count": count}
-        start = rec.now()
-        try:
-            n = super().sendfile(file, offset, count)
-        except BaseException as exc:
-            rec.failure(self._ts_id, "sendfile", start, exc, {"args": args})
-            raise
-        rec.transfer(self._ts_id, "sendfile", start, n, None, args)
-        return n
-
     # -- receiving ----------------------------------------------------------------------
 
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
-        rec = self._ts_rec
+        try:
+            rec = self._ts_rec
+        except AttributeError:
+            return _recv(self, bufsize, flags)
         start = rec.now()
         try:
             data = _recv(self, bufsize, flags)
@@ -280,7 +258,10 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
-        rec = self._ts_rec
+        try:
+            rec = self._ts_rec
+        except AttributeError:
+            return _recv_into(self, buffer, nbytes, flags)
         start = rec.now()
         args: dict[str, Any] = {"bufsize": nbytes or buffer_len(buffer)}
         if flags:
@@ -308,46 +289,6 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
         args["from"] = address
         rec.transfer(self._ts_id, "recvfrom", start, len(data), data, args)
         return data, address
-
-    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0,
-                      /) -> tuple[int, Any]:
-        rec = self._ts_rec
-        start = rec.now()
-        args: dict[str, Any] = {"bufsize": nbytes or buffer_len(buffer)}
-        if flags:
-            args["flags"] = flags
-        try:
-            n, address = super().recvfrom_into(buffer, nbytes, flags)
-        except BaseException as exc:
-            rec.failure(self._ts_id, "recvfrom_into", start, exc, {"args": args})
-            raise
-        args["from"] = address
-        rec.transfer(self._ts_id, "recvfrom_into", start, n,
-                     memoryview(buffer).cast("B")[:n] if rec.payload else None, args)
-        return n, address
-
-    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0,
-                /) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
-        rec = self._ts_rec
-        start = rec.now()
-        args: dict[str, Any] = {"bufsize": bufsize}
-        if ancbufsize:
-            args["ancbufsize"] = ancbufsize
-        if flags:
-            args["flags"] = flags
-        try:
-            result = super().recvmsg(bufsize, ancbufsize, flags)
-        except BaseException as exc:
-            rec.failure(self._ts_id, "recvmsg", start, exc, {"args": args})
-            raise
-        data, ancdata, msg_flags, address = result
-        args["msg_flags"] = msg_flags
-        if address is not None:
-            args["from"] = address
-        if ancdata:
-            args["ancdata"] = len(ancdata)
-        rec.transfer(self._ts_id, "recvmsg", start, len(data), data, args)
-        return result
 
     # -- state and teardown -------------------------------------------------------------
 
@@ -434,6 +375,9 @@ class TracedSocket(socket.socket, metaclass=StandInMeta):
 __all__ = ["TracedSocket"]
 
 
-# With the compiled journal built, the four hottest methods are C methods (compiled.py).
-install_compiled(TracedSocket, {n: TracedSocket.__dict__[n]
-                                for n in ("send", "sendall", "recv", "recv_into")})
+# A method copied onto another class is socket.socket's there (borrowing.py); with the
+# compiled journal built, the four hottest methods are C methods (compiled.py).
+_HOT = ("send", "sendall", "recv", "recv_into")
+make_lendable(TracedSocket, socket.socket, skip=_HOT)
+make_lendable(MessageCalls, socket.socket)
+install_compiled(TracedSocket, {n: TracedSocket.__dict__[n] for n in _HOT})

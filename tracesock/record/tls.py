@@ -29,9 +29,11 @@ import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..patching import transport_socket
+from .borrowing import make_lendable
 from .calls import buffer_bytes, buffer_len, record_call
 from .recorder import Recorder
 
+_SSLSocket = ssl.SSLSocket
 _TLS = {"tls": True}
 _NO_ARGS: dict[str, Any] = {}
 
@@ -198,29 +200,52 @@ class TracedSSLSocket(ssl.SSLSocket):
     # -- plaintext ----------------------------------------------------------------------
 
     def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        return self._ts_read("read", super().read, {"bufsize": len}, buffer, len, buffer)
+        try:  # the lookup the call makes anyway, where a borrower's self fails
+            read = self._ts_read
+        except AttributeError:  # lent to another class (borrowing.py)
+            return _SSLSocket.read(self, len, buffer)
+        return read("read", super().read, {"bufsize": len}, buffer, len, buffer)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            read = self._ts_read
+        except AttributeError:
+            return _SSLSocket.recv(self, buflen, flags)
         args = {"bufsize": buflen, "flags": flags} if flags else {"bufsize": buflen}
-        data: bytes = self._ts_read("recv", super().recv, args, None, buflen, flags)
+        data: bytes = read("recv", super().recv, args, None, buflen, flags)
         return data
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        try:
+            read = self._ts_read
+        except AttributeError:
+            return _SSLSocket.recv_into(self, buffer, nbytes, flags)
         args = {"bufsize": nbytes or buffer_len(buffer)}
-        n: int = self._ts_read("recv_into", super().recv_into, args, buffer, buffer, nbytes,
-                               flags)
+        n: int = read("recv_into", super().recv_into, args, buffer, buffer, nbytes, flags)
         return n
 
     def write(self, data: Any) -> int:
-        n: int = self._ts_write("write", super().write, data)
+        try:
+            write = self._ts_write
+        except AttributeError:
+            return _SSLSocket.write(self, data)
+        n: int = write("write", super().write, data)
         return n
 
     def send(self, data: Any, flags: int = 0) -> int:
-        n: int = self._ts_write("send", super().send, data, flags)
+        try:
+            write = self._ts_write
+        except AttributeError:
+            return _SSLSocket.send(self, data, flags)
+        n: int = write("send", super().send, data, flags)
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        self._ts_write("sendall", super().sendall, data, flags)
+        try:
+            write = self._ts_write
+        except AttributeError:
+            return _SSLSocket.sendall(self, data, flags)
+        write("sendall", super().sendall, data, flags)
 
     # -- teardown -----------------------------------------------------------------------
 
@@ -327,3 +352,9 @@ class TracedSSLObject(ssl.SSLObject):
 
 
 __all__ = ["TracedSSLObject", "TracedSSLSocket"]
+
+
+# A method copied onto another class is ssl.SSLSocket's there (borrowing.py); the
+# plaintext ones check for themselves, at no cost on their own sockets.
+make_lendable(TracedSSLSocket, ssl.SSLSocket,
+              skip=("read", "recv", "recv_into", "write", "send", "sendall"))

@@ -14,7 +14,9 @@ from typing import Any
 
 from ..capture.sniffer import CaptureSession
 from ..errors import CaptureError, stderr_warn
+from ..patching import entropy_replaced
 from .children import Following
+from .entropy import EntropyRecorder, header_fields
 from .patch import recording
 from .recorder import Recorder
 from .sockets import TracedSocket
@@ -43,6 +45,8 @@ def trace(
     iface: str | None = None,
     keylog: str | None = None,
     follow_children: bool = False,
+    entropy: bool = True,
+    wall_clock: bool = False,
     **recorder_options: Any,
 ) -> Iterator[Tracing]:
     """Trace every socket created inside the block into ``path`` (JSONL, mode 0600).
@@ -63,6 +67,13 @@ def trace(
     ``subprocess``, ``multiprocessing``) too, merged into ``path`` with a ``pid`` on every
     call: at the end of the block what has finished, the rest when the last traced
     process exits (children.py).
+
+    ``entropy=True`` (the default) writes down the program's own nondeterministic inputs
+    as it gets them (``os.urandom``, ``os.getrandom``, so ``secrets`` and ``uuid4`` too;
+    the process ids; ``random``'s state at the start), for replay to give back
+    (entropy.py); ``wall_clock=True`` adds ``time.time``/``time_ns``. The trace then holds
+    them, so also the tokens and keys the program made from them. Not yet with
+    ``follow_children``.
     """
     warn = recorder_options.get("warn", stderr_warn)
     session: CaptureSession | None = None
@@ -77,6 +88,9 @@ def trace(
             recorder_options["fork_sink"] = follow.fork_sink
             recorder_options["header"] = {**recorder_options.get("header", {}),
                                           **follow.header}
+        if entropy and not follow_children:  # merged traces keep calls only (merge.py)
+            recorder_options["header"] = {**recorder_options.get("header", {}),
+                                          "entropy": header_fields(wall_clock)}
         recorder = Recorder.open(path, payload=payload, max_payload=max_payload,
                                  redact=redact, argv=argv, **recorder_options)
     except BaseException:
@@ -87,7 +101,9 @@ def trace(
         raise
     body_failed = False
     try:
-        with recording(recorder, keylog=keylog) as cls, \
+        inputs = EntropyRecorder(recorder, clock=wall_clock).functions \
+            if entropy and not follow_children else {}
+        with recording(recorder, keylog=keylog) as cls, entropy_replaced(inputs), \
                 (follow.environment() if follow is not None else nullcontext()):
             try:
                 yield Tracing(path, recorder, cls)

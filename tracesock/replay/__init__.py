@@ -22,6 +22,9 @@ and asyncio, within a bounded time (``ends.py``).
   sent all it owes (or, diverging, after a stall timer), and recv raises.
 - ``pairs.py``: connections with both ends in the process (a connect to its own
   listener): each end's recvs gated on what the code sent on the other.
+- ``ignoring.py``: ``ignore`` patterns: sent bytes compared with their matches blanked.
+- ``entropy.py``: the program's own nondeterministic inputs (``os.urandom``, pids,
+  ``random``'s state, the clock if recorded) given back per thread, in order.
 - ``records.py``: records as dicts, recorded errors, match keys, diffs.
 - ``sockets.py``: ReplaySocket, a real ``socket.socket`` that answers from a Stream.
 - ``tls.py``: TLS replayed at the plaintext level (``wrap_socket``, ``wrap_bio``).

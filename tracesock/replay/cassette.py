@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import ReplayError, TraceFormatError, UsageError
@@ -28,6 +28,7 @@ from ..trace.batches import BatchReader
 from ..trace.events import RECV_OPS, SEND_OPS, CallEvent, decode_addr, format_addr
 from ..trace.reader import TraceReader, event_from_record
 from .children import only_process
+from .ignoring import Ignoring
 from .pairs import gate_if_own_listener
 from .records import (
     CHECKS,
@@ -56,13 +57,15 @@ class Cassette:
                  check: str = "concat",
                  speed: float = 0.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 reader: TraceReader | None = None) -> None:
+                 reader: TraceReader | None = None,
+                 ignore: Iterable[str | bytes] | None = None) -> None:
         if check not in CHECKS:
             raise UsageError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
         if speed < 0:
             raise UsageError("the replay speed must be positive")
         self.path = path
         self.check = check
+        self.ignore = Ignoring(ignore) if ignore else None  # patterns blanked in sends
         self.speed = speed
         self.clock = clock
         self.sleep = sleep
@@ -80,6 +83,8 @@ class Cassette:
         self.final_checks = True
         self.pid = reader.header.pid if reader is not None else None  # the top process
         self._bios: dict[int, deque[Stream]] = {}  # wrap_bio streams by transport socket id
+        self.header_extra: Mapping[str, Any] = reader.header.extra if reader else {}
+        self.entropy: Any = None  # what files entropy records, when they are given back
 
     @classmethod
     def open(cls, path: str, *, process: int | None = None, **options: Any) -> Cassette:
@@ -98,7 +103,11 @@ class Cassette:
         except BaseException:
             reader.close()
             raise
-        cas = cls(batches, path=path, reader=reader, **options)
+        try:
+            cas = cls(batches, path=path, reader=reader, **options)
+        except BaseException:  # bad options (check, ignore): the file is not left open
+            reader.close()
+            raise
         cas.pid = pid
         return cas
 
@@ -153,7 +162,9 @@ class Cassette:
         st = None
         for rec in batch:
             if rec[k_type] != "call":
-                if rec[k_type] == "end" and self._reader is not None:
+                if rec[k_type] == "entropy" and self.entropy is not None:
+                    self.entropy.file(rec)  # the program's own inputs (entropy.py)
+                elif rec[k_type] == "end" and self._reader is not None:
                     self._reader.end = rec
                 continue
             seq = rec[k_seq]

@@ -1,7 +1,8 @@
 """What the code sends, checked against what the recording sent (one Stream's side).
 
 By default the concatenation is compared (send boundaries may differ: TCP has none);
-``strict`` compares call by call, ``off`` not at all. A recorded ``send`` that the
+``strict`` compares call by call, ``off`` not at all; ``ignore`` patterns make both sides
+compare with their matches blanked out (ignoring.py). A recorded ``send`` that the
 kernel cut short returns the same count again. A mismatch names the connection, the
 byte offset in the outgoing stream and the recorded call, with a short diff.
 """
@@ -13,23 +14,33 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ReplayMismatch
+from .ignoring import Spans, first_difference, raw_offset, real_diff
 from .records import COUNTED, Record, a2b, diff, recorded_error
 
 if TYPE_CHECKING:
     from .cassette import Cassette
+
+UNFINISHED = 256  # bytes of a match the code may send in pieces, before it is a mismatch
 
 
 class SendChecks:
     """The send side of a Stream (streams.py), which holds the state."""
 
     # Slots (as Stream's): the send-side state. Stream.__init__ sets them.
-    __slots__ = ("out", "out_off", "sendq", "sends", "sent")
+    __slots__ = ("ig_done", "ig_rec", "ig_recs", "ig_sent", "out", "out_off", "sendq",
+                 "sends", "sent")
     cassette: Cassette
     sendq: deque[Record]
     out: bytes | None
     out_off: int
     sent: int
     sends: int
+    # With ignore patterns (ignoring.py): what the code sent and the recorded sends taken
+    # since both last matched whole (``sent`` counts recorded bytes, as recv waits on it).
+    ig_sent: bytes
+    ig_rec: bytes
+    ig_recs: list[Record]
+    ig_done: int  # the bytes of ig_rec counted in ``sent`` already
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -101,6 +112,75 @@ class SendChecks:
             f"{rec['seq']}, byte {self.out_off + i} of it)"
             + diff(expected, self.out_off + i, data, pos + i))
 
+    def _send_ignoring(self, data: bytes) -> int:
+        """``_send_concat`` with the ``ignore`` patterns: the normalized concatenations
+        must agree; counts are not cut short. Recorded sends are taken whole; ``sent``
+        (recorded bytes, what recv waits on) follows the part matched so far."""
+        ig = self.cassette.ignore
+        assert ig is not None
+        self.ig_sent += data
+        actual, a_spans = ig.normalize(self.ig_sent)
+        recorded, r_spans = ig.normalize(self.ig_rec)
+        while True:
+            at = first_difference(actual, recorded)
+            if at == len(actual):
+                break
+            # More of the recording is needed: it is shorter, or the code's bytes match a
+            # pattern where the recorded ones (so far) do not, maybe for want of the rest.
+            if at < len(recorded) and not (_span_at(a_spans, at) and
+                                           not _span_from(r_spans, at)):
+                break
+            rec = self._head_send()
+            if rec is None:
+                break
+            if "error" in rec:
+                if self.ig_recs or len(self.ig_sent) > len(data):
+                    break
+                self.sendq.popleft()
+                self.ig_sent = b""
+                raise recorded_error(rec["error"])
+            self.ig_rec += self._expected(rec)
+            self.ig_recs.append(rec)
+            self.sendq.popleft()
+            self.out = None
+            recorded, r_spans = ig.normalize(self.ig_rec)
+        if at < len(actual):
+            if at == len(recorded):
+                extra = self.ig_sent[raw_offset(a_spans, at):]
+                raise ReplayMismatch(
+                    f"{self.cassette.path}: {self.describe()}: the code sent {len(extra)} "
+                    f"bytes more than the recording (which sent "
+                    f"{self.sent - self.ig_done + len(self.ig_rec)} bytes in all; "
+                    f"{ig.count} ignore patterns){self.cassette.incomplete()}; first extra "
+                    f"bytes: {extra[:40]!r}")
+            if not _maybe_unfinished(a_spans, r_spans, at, len(self.ig_sent) -
+                                     raw_offset(a_spans, at)):
+                self._ignoring_mismatch(raw_offset(r_spans, at), raw_offset(a_spans, at))
+        done = len(self.ig_rec) if len(actual) == len(recorded) else raw_offset(r_spans, at)
+        self.sent += done - self.ig_done
+        self.ig_done = done
+        if done == len(self.ig_rec) and len(actual) == len(recorded):  # matched whole
+            self.ig_sent = self.ig_rec = b""
+            self.ig_recs = []
+            self.ig_done = 0
+        return len(data)
+
+    def _ignoring_mismatch(self, r_at: int, a_at: int) -> None:
+        rec, off = self.ig_recs[-1], r_at
+        for r in self.ig_recs:
+            if off < (r.get("nbytes") or 0):
+                rec = r
+                break
+            off -= r.get("nbytes") or 0
+        assert self.cassette.ignore is not None
+        raise ReplayMismatch(
+            f"{self.cassette.path}: {self.describe()}: sent bytes differ from the recording "
+            f"at byte {self.sent - self.ig_done + r_at} of the outgoing stream (recorded "
+            f"{rec['op']} seq "
+            f"{rec['seq']}, byte {off} of it; outside the matches of the "
+            f"{self.cassette.ignore.count} ignore patterns)"
+            + real_diff(self.ig_rec, r_at, self.ig_sent, a_at))
+
     def _send_call(self, data: bytes, op: str) -> int:
         check = self.cassette.check != "off"
         rec = self._head_send()
@@ -120,6 +200,16 @@ class SendChecks:
         self.sendq.popleft()
         self.out = None
         n = min(length, len(data)) if op in COUNTED else len(data)
+        ig = self.cassette.ignore
+        if check and ig is not None and op == rec["op"]:  # normalized, lengths may differ
+            actual, a_spans = ig.normalize(data)
+            recorded, r_spans = ig.normalize(expected)
+            if actual != recorded:
+                at = first_difference(actual, recorded)
+                self.ig_sent, self.ig_rec, self.ig_recs = data, expected, [rec]
+                self._ignoring_mismatch(raw_offset(r_spans, at), raw_offset(a_spans, at))
+            self.sent += length
+            return len(data)
         if check:
             if op != rec["op"] or (op in COUNTED and len(data) < length) or \
                     (op not in COUNTED and len(data) != length):
@@ -138,6 +228,13 @@ class SendChecks:
         # Sends of other processes (traces that followed children, "pid" on each call)
         # happen in those processes during replay (a forked child has its own copy of
         # the cassette): this process cannot see them, so it does not check them.
+        if self.ig_recs or self.ig_sent:  # ignoring: the last sends matched only in part
+            rec = self.ig_recs[0] if self.ig_recs else (self.sendq or [{}])[0]
+            return ReplayMismatch(
+                f"{self.cassette.path}: {self.describe()}: the code's last "
+                f"{len(self.ig_sent)} bytes match only part of the recording's "
+                f"{len(self.ig_rec)} (recorded {rec.get('op')} seq {rec.get('seq')}); sent: "
+                f"{self.ig_sent[:40]!r}, recorded: {self.ig_rec[:40]!r}")
         top = self.cassette.pid
         left = [r for r in self.sendq if "error" not in r and r.get("nbytes")
                 and r.get("pid", top) == top]
@@ -151,3 +248,18 @@ class SendChecks:
             f"{self.cassette.path}: {self.describe()}: the code sent {self.sent} bytes but "
             f"the recording sent {self.sent + missing}; not sent, from byte {self.sent} "
             f"(recorded {rec['op']} seq {rec['seq']}): {head!r}")
+
+
+def _span_at(spans: Spans, at: int) -> bool:
+    return any(start == at for start, _, _ in spans)
+
+
+def _span_from(spans: Spans, at: int) -> bool:
+    return any(start >= at for start, _, _ in spans)
+
+
+def _maybe_unfinished(a_spans: Spans, r_spans: Spans, at: int, tail: int) -> bool:
+    """Whether a difference at normalized ``at`` may only be a match the code has not
+    finished sending: the recording has one there, the code's bytes from there on
+    (``tail`` of them, a few) match nothing yet."""
+    return _span_at(r_spans, at) and not _span_from(a_spans, at) and tail <= UNFINISHED

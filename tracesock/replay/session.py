@@ -13,13 +13,15 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from ..patching import classes_replaced
+from ..errors import ReplayError, ReplayMismatch
+from ..patching import classes_replaced, entropy_replaced
 from .cassette import Cassette
 from .children import ReplayingChildren
+from .entropy import EntropyReplay, restore_random
 from .sockets import ReplaySocket, speed_factor
 from .tls import ReplaySSLObject, ReplaySSLSocket
 
@@ -97,6 +99,8 @@ def replay(
     sleep: Callable[[float], None] = time.sleep,
     follow_children: bool = False,
     process: int | None = None,
+    entropy: bool = True,
+    ignore: Iterable[str | bytes] = (),
 ) -> Iterator[Replay]:
     """Run the block against the recording at ``path``, with no network.
 
@@ -113,25 +117,50 @@ def replay(
     instead. ``follow_children=True`` makes the Python children the block starts with
     exec (``subprocess``, ``multiprocessing`` spawn) replay theirs too, each matched to
     a recorded child (children.py); what went wrong in them is raised at the end.
+
+    With ``entropy=True`` (the default) and a trace that recorded them, the program's
+    own nondeterministic inputs are given back (entropy.py): ``os.urandom`` and
+    ``os.getrandom`` per thread in the recorded order (so ``secrets``, ``uuid4``,
+    multipart boundaries...), ``os.getpid``/``getppid``, ``random``'s state at the start,
+    and ``time.time``/``time_ns`` if they were recorded; code that asks for something
+    else gets fresh values and the replay ends with a ReplayMismatch saying so.
+
+    ``ignore=[regex, ...]`` (str or bytes patterns) blanks the matches out of what the
+    code sends and of what the recording sent before they are compared (request ids,
+    timestamps that stay nondeterministic): each match becomes one fixed placeholder,
+    so the two may differ in length there (ignoring.py). Mismatches still show the real
+    bytes. With ``check="concat"``, counts are then not cut short as recorded.
     """
     name = os.fspath(path)
     speed = speed_factor(realtime)
     cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
-                        sleep=sleep)
+                        sleep=sleep, ignore=list(ignore))
     cls = ReplaySocket.bound_to(cas, stand_in=True)
+    recorded = cas.header_extra.get("entropy") if entropy else None
+    inputs = None
+    if isinstance(recorded, dict):  # a trace recorded with entropy (record/entropy.py)
+        inputs = EntropyReplay(cas, recorded)
+        if isinstance(recorded.get("random"), dict):
+            restore_random(recorded["random"])
     kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \
         if follow_children else None
     try:
         with replacing(cls, getaddrinfo=_Resolver(cas, socket.getaddrinfo)), \
+                entropy_replaced(inputs.functions if inputs is not None else {}), \
                 (kids.environment() if kids is not None else nullcontext()):
             yield Replay(name, cas, cls)
-    except BaseException:
+    except BaseException as exc:
         cas.close()
         if kids is not None:
             kids.close()
+        if inputs is not None and inputs.mismatches and isinstance(exc, ReplayError) \
+                and hasattr(exc, "add_note"):  # why the bytes differ, most likely
+            exc.add_note("; ".join(inputs.mismatches))
         raise
     try:
         cas.finish()
+        if inputs is not None and inputs.mismatches:
+            raise ReplayMismatch("; ".join(inputs.mismatches))
     except BaseException:
         if kids is not None:
             kids.close()

@@ -81,6 +81,9 @@ class Stream(SendChecks):
         self.off = 0
         self.out: bytes | None = None  # the head send's recorded data while partly matched
         self.out_off = 0
+        self.ig_sent = self.ig_rec = b""  # with ignore patterns (sends.py)
+        self.ig_recs: list[Record] = []
+        self.ig_done = 0
         self.eof = False
         self.last: Record | None = None  # the record the last recv came from
         self.listening = False
@@ -296,8 +299,11 @@ class Stream(SendChecks):
             if self.done:
                 raise OSError(9, os.strerror(9))
             self.sends += 1
-            if self.cassette.check == "strict" or self.kind == "SOCK_DGRAM":
+            cas = self.cassette
+            if cas.check == "strict" or self.kind == "SOCK_DGRAM":
                 n = self._send_call(data, op)
+            elif cas.ignore is not None and cas.check == "concat":
+                n = self._send_ignoring(data)
             else:
                 n = self._send_concat(data, op)
             if n and not self.ready:

@@ -1,0 +1,223 @@
+"""The program's own nondeterministic inputs: recorded while tracing, given back in replay.
+
+os.urandom (and what builds on it: secrets, uuid4, requests' multipart boundary), the
+process ids, random's state at the start, and opt-in the wall clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import tracesock
+from tracesock import ReplayMismatch
+
+REPO = Path(__file__).resolve().parent.parent
+ORIGINAL_GETPID = os.getpid
+
+
+class _Upload(BaseHTTPRequestHandler):
+    """Answers a POST with its Content-Type (the multipart boundary) and a body digest."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        text = f"{self.headers['Content-Type']} {hashlib.sha256(body).hexdigest()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def upload_server() -> Iterator[str]:
+    """An untraced HTTP server on 127.0.0.1 in this process (the client is a child)."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Upload)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/upload"
+    srv.shutdown()
+    srv.server_close()
+
+
+CLIENT = textwrap.dedent("""
+    import os, random, secrets, sys, uuid
+    import requests
+    import tracesock
+
+    mode, trace, url = sys.argv[1:4]
+    block = tracesock.trace(trace) if mode == "record" else tracesock.replay(trace)
+    with block:
+        r = requests.post(url, files={"f": ("a.txt", b"hello")}, data={"k": "v"},
+                          timeout=10)
+        print(r.request.headers["Content-Type"])
+        print(r.status_code, r.text)
+        print(uuid.uuid4(), secrets.token_hex(8), random.random(), os.getpid())
+""")
+
+
+def run_client(tmp_path: Path, *args: str) -> str:
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_requests_multipart_upload_replays_identically_in_fresh_processes(
+        tmp_path: Path, upload_server: str) -> None:
+    trace = str(tmp_path / "upload.jsonl")
+    recorded = run_client(tmp_path, "record", trace, upload_server)
+    boundary = recorded.splitlines()[0]
+    assert boundary.startswith("multipart/form-data; boundary=")
+    assert recorded.splitlines()[1].startswith(f"200 {boundary} ")
+    other = run_client(tmp_path, "record", str(tmp_path / "other.jsonl"), upload_server)
+    assert other.splitlines()[0] != boundary  # the boundary really is random
+    for _ in range(3):  # no server needed: the replay sends what was recorded
+        assert run_client(tmp_path, "replay", trace, upload_server) == recorded
+
+
+def test_uuid4_secrets_and_system_random_come_back(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+
+    def values() -> list[object]:
+        return [uuid.uuid4(), secrets.token_bytes(5), secrets.token_urlsafe(),
+                random.SystemRandom().random(), os.urandom(3), random.random(),
+                random.getrandbits(64), os.getpid(), os.getppid()]
+
+    with tracesock.trace(path):
+        recorded = values()
+    with tracesock.replay(path):
+        assert values() == recorded
+    header = json.loads(Path(path).read_text().splitlines()[0])
+    assert set(header["entropy"]) == {"pid", "ppid", "random", "clock"}
+    assert os.stat(path).st_mode & 0o777 == 0o600  # tokens made from them are in it
+
+
+def test_each_thread_gets_its_own_values_in_order(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+
+    def in_threads() -> list[bytes]:
+        out: list[bytes] = []
+        out.append(os.urandom(2))
+        for n in (3, 4):  # one after the other: the order of first use is fixed
+            t = threading.Thread(target=lambda n=n: out.append(os.urandom(n)))
+            t.start()
+            t.join()
+        out.append(os.urandom(5))
+        return out
+
+    with tracesock.trace(path):
+        recorded = in_threads()
+    with tracesock.replay(path):
+        assert in_threads() == recorded
+    threads = [json.loads(line)["thread"] for line in Path(path).read_text().splitlines()
+               if '"entropy"' in line and line.startswith('{"type":"entropy"')]
+    assert threads == [0, 1, 2, 0]
+
+
+def test_another_size_is_a_mismatch_naming_both(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path):
+        os.urandom(4)
+    with pytest.raises(ReplayMismatch) as err, tracesock.replay(path):
+        fresh = os.urandom(16)
+        assert len(fresh) == 16
+        assert len(os.urandom(4)) == 4  # after a divergence: fresh values
+    assert "the code asked os.urandom(16) where the recording had os.urandom(4)" in str(
+        err.value)
+
+
+def test_a_send_mismatch_after_a_divergence_says_so(tmp_path: Path) -> None:
+    listener = socket.socket()  # made before the trace: never traced; the kernel's
+    listener.bind(("127.0.0.1", 0))  # backlog completes the connect, no accept needed
+    listener.listen()
+    address = listener.getsockname()
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path), socket.create_connection(address) as s:
+        s.sendall(os.urandom(4).hex().encode())
+    listener.close()
+    with pytest.raises(ReplayMismatch) as err, tracesock.replay(path), \
+            socket.create_connection(address) as s:
+        s.sendall(os.urandom(8).hex().encode())
+    assert "sent bytes differ" in str(err.value)
+    assert any("os.urandom(8) where the recording had os.urandom(4)" in note
+               for note in getattr(err.value, "__notes__", []))
+
+
+def test_more_calls_than_recorded_is_a_mismatch(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path):
+        first = os.urandom(4)
+    with pytest.raises(ReplayMismatch, match="no more such calls"), tracesock.replay(path):
+        assert os.urandom(4) == first
+        assert len(os.urandom(8)) == 8
+
+
+def test_entropy_false_records_and_gives_back_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path, entropy=False):
+        recorded = os.urandom(8)
+    text = Path(path).read_text()
+    assert '"entropy"' not in text
+    with tracesock.replay(path):
+        assert os.urandom(8) != recorded
+    path2 = str(tmp_path / "t2.jsonl")
+    with tracesock.trace(path2):
+        recorded = os.urandom(8)
+    with tracesock.replay(path2, entropy=False):
+        assert os.urandom(8) != recorded
+        assert os.getpid is ORIGINAL_GETPID
+
+
+def test_originals_are_back_after_the_block(tmp_path: Path) -> None:
+    originals = (os.urandom, os.getpid, time.time, random._urandom)  # type: ignore[attr-defined]
+    with tracesock.trace(str(tmp_path / "t.jsonl"), wall_clock=True):
+        assert os.urandom is not originals[0]
+        assert time.time is not originals[2]
+    with tracesock.replay(str(tmp_path / "t.jsonl")):
+        assert os.getpid is not originals[1]
+    assert (os.urandom, os.getpid, time.time,
+            random._urandom) == originals  # type: ignore[attr-defined]
+
+
+def test_wall_clock_is_opt_in(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path):
+        time.time()
+    assert '"fn":"time"' not in Path(path).read_text()
+    with tracesock.trace(path, wall_clock=True):
+        then = (time.time(), time.time_ns())
+    time.sleep(0.01)
+    with tracesock.replay(path):
+        assert (time.time(), time.time_ns()) == then
+
+
+def test_cli_no_entropy(tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("import os\nos.urandom(4)\n")
+    for flags, expected in (([], True), (["--no-entropy"], False)):
+        out = tmp_path / f"{len(flags)}.jsonl"
+        subprocess.run([sys.executable, "-m", "tracesock", "run", *flags, "-o", str(out),
+                        str(script)], check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert ('"type":"entropy"' in out.read_text()) is expected

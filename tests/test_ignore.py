@@ -1,0 +1,154 @@
+"""replay(..., ignore=[regex, ...]): sent bytes compared with the matches blanked out."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tracesock
+from tracesock import ReplayMismatch, UsageError
+
+RealSocket = socket.socket  # taken before any trace or replay swaps it
+RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    """An untraced server on 127.0.0.1: reads a request head, answers RESPONSE, closes."""
+    srv = RealSocket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn = RealSocket(fileno=srv._accept()[0])  # type: ignore[attr-defined]
+            except OSError:
+                return
+            with conn:
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                conn.sendall(RESPONSE)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+def request(req_id: str, stamp: str, path: str = "/a") -> bytes:
+    return (f"GET {path}?id={req_id} HTTP/1.0\r\nX-Request-Id: {req_id}\r\n"
+            f"Date: {stamp}\r\n\r\n").encode()
+
+
+def client(port: int, *parts: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for part in parts:
+            s.sendall(part)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+    return got
+
+
+IGNORE = [r"id=\d+", rb"X-Request-Id: \d+", r"Date: [^\r]*"]
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, server: int) -> tuple[str, int]:
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path, entropy=False):
+        assert client(server, request("7", "Mon, 1 Dec 2026 10:00:00 GMT")) == RESPONSE
+    return path, server
+
+
+def test_without_ignore_another_id_is_a_mismatch(recorded: tuple[str, int]) -> None:
+    path, port = recorded
+    with pytest.raises(ReplayMismatch, match="sent bytes differ"), tracesock.replay(path):
+        client(port, request("12345", "Tue, 2 Dec 2026 11:11:11 GMT"))
+
+
+@pytest.mark.parametrize("split", [None, 5, 9, 30, 60], ids=lambda s: f"split={s}")
+def test_ignored_parts_may_differ_in_length_and_in_send_boundaries(
+        recorded: tuple[str, int], split: int | None) -> None:
+    path, port = recorded
+    req = request("12345", "Tue, 2 Dec 2026 11:11:11 GMT")
+    parts = [req] if split is None else [req[:split], req[split:]]
+    with tracesock.replay(path, ignore=IGNORE):
+        assert client(port, *parts) == RESPONSE
+
+
+def test_a_match_the_recording_sent_in_pieces(tmp_path: Path, server: int) -> None:
+    path = str(tmp_path / "t.jsonl")
+    req = request("7", "Mon, 1 Dec 2026 10:00:00 GMT")
+    with tracesock.trace(path, entropy=False):
+        client(server, req[:9], req[9:11], req[11:])  # "GET /a?id", "=7", ...
+    with tracesock.replay(path, ignore=IGNORE):
+        assert client(server, request("12345", "Tue, 2 Dec 2026 11:11:11 GMT")) == RESPONSE
+
+
+def test_byte_by_byte(recorded: tuple[str, int]) -> None:
+    path, port = recorded
+    req = request("99", "Wed, 3 Dec 2026 12:00:00 GMT")
+    with tracesock.replay(path, ignore=IGNORE):
+        assert client(port, *(req[i:i + 1] for i in range(len(req)))) == RESPONSE
+
+
+def test_a_difference_outside_the_matches_shows_the_real_bytes(
+        recorded: tuple[str, int]) -> None:
+    path, port = recorded
+    with pytest.raises(ReplayMismatch) as err, tracesock.replay(path, ignore=IGNORE):
+        client(port, request("12345", "Tue, 2 Dec 2026 11:11:11 GMT", path="/b"))
+    text = str(err.value)
+    assert "at byte 5 of the outgoing stream (recorded sendall seq" in text
+    assert "expected: b'GET /a?id=7 HTTP/1.0" in text
+    assert "actual:   b'GET /b?id=12345 HTTP/1.0" in text
+    assert "3 ignore patterns" in text
+
+
+def test_a_difference_after_an_ignored_part_is_placed_in_real_bytes(
+        recorded: tuple[str, int]) -> None:
+    path, port = recorded
+    bad = request("12345", "Tue, 2 Dec 2026 11:11:11 GMT").replace(b"HTTP/1.0", b"HTTP/1.1")
+    with pytest.raises(ReplayMismatch) as err, tracesock.replay(path, ignore=IGNORE):
+        client(port, bad)
+    text = str(err.value)
+    offset = request("7", "x").index(b"HTTP/1.0") + len("HTTP/1.")
+    assert f"at byte {offset} of the outgoing stream" in text
+    assert "expected:     b'GET /a?id=7 HTTP/1.0" in text  # each side's own bytes,
+    assert "actual:   b'GET /a?id=12345 HTTP/1.1" in text  # the difference lined up
+
+
+def test_more_than_recorded_and_less_than_recorded(recorded: tuple[str, int]) -> None:
+    path, port = recorded
+    req = request("12345", "Tue, 2 Dec 2026 11:11:11 GMT")
+    with pytest.raises(ReplayMismatch, match="bytes more than the recording"), \
+            tracesock.replay(path, ignore=IGNORE):
+        client(port, req + b"extra")
+    with pytest.raises(ReplayMismatch, match="match only part of the recording"), \
+            tracesock.replay(path, ignore=IGNORE), \
+            socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(req[:20])
+
+
+def test_strict_compares_each_call_normalized(recorded: tuple[str, int]) -> None:
+    path, port = recorded
+    with tracesock.replay(path, ignore=IGNORE, check="strict"):
+        assert client(port, request("12345", "Tue, 2 Dec 2026 11:11:11 GMT")) == RESPONSE
+    with pytest.raises(ReplayMismatch, match="outside the matches"), \
+            tracesock.replay(path, ignore=IGNORE, check="strict"):
+        client(port, request("12345", "Tue, 2 Dec 2026 11:11:11 GMT", path="/b"))
+
+
+def test_a_bad_pattern_is_a_usage_error(recorded: tuple[str, int]) -> None:
+    path, _ = recorded
+    with pytest.raises(UsageError, match="not a valid regex"), \
+            tracesock.replay(path, ignore=["("]):
+        pass

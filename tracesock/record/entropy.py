@@ -1,0 +1,106 @@
+"""The program's own nondeterministic inputs, written down as it gets them.
+
+Theory of operation. A replay can only give the recorded answers if the program asks the
+same questions, and most real clients put randomness into what they send: multipart
+boundaries, nonces, websocket keys, ``uuid4`` request ids. So while tracing, the
+program's ``os.urandom`` and ``os.getrandom`` (also ``random.SystemRandom``, ``secrets``
+and ``uuid.uuid4``, which call them) and, with ``wall_clock=True``, ``time.time`` and
+``time.time_ns`` are the ones built here (patching.py swaps them in): each makes the
+real call, hands the program the real value, and writes it down in an ``entropy``
+record. Nothing is seeded or faked while recording.
+
+Each record names the thread by the order of its first such call (thread idents change
+from run to run; the order in which threads first ask is what replay can match), so
+replay gives every thread its own values back in the order it asked for them. The
+state of ``random``'s global generator and the process ids go into the header's
+``entropy`` field at the start of the block: replay restores the one and answers
+``os.getpid()``/``os.getppid()`` with the others. (``random`` is imported with
+tracesock, so a program that imports it inside the block gets the generator whose state
+was recorded, not one seeded then from the kernel, unseen.) Only the process that
+started the trace records: a forked child's calls go through to the real functions.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import random
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .recorder import Recorder
+
+_urandom = os.urandom
+_getrandom: Callable[..., bytes] | None = getattr(os, "getrandom", None)
+_getpid = os.getpid
+_time = time.time
+_time_ns = time.time_ns
+
+
+def random_state() -> dict[str, Any]:
+    """``random``'s global generator state, compact: the Mersenne Twister's 625 words,
+    little-endian, base64, and the cached Gaussian."""
+    version, words, gauss = random.getstate()
+    return {"version": version, "gauss": gauss,
+            "words": binascii.b2a_base64(struct.pack(f"<{len(words)}I", *words),
+                                         newline=False).decode("ascii")}
+
+
+def header_fields(clock: bool) -> dict[str, Any]:
+    """What the header's ``entropy`` field holds for a block starting now."""
+    return {"pid": os.getpid(), "ppid": os.getppid(), "random": random_state(),
+            "clock": clock}
+
+
+class EntropyRecorder:
+    """The functions swapped in for the block, writing into ``recorder``."""
+
+    def __init__(self, recorder: Recorder, *, clock: bool = False) -> None:
+        self._rec = recorder
+        self._pid = _getpid()
+        self._local = threading.local()
+        self._next_thread = 0
+        self._lock = threading.Lock()
+        self.functions: dict[str, Callable[..., Any]] = {"urandom": self.urandom}
+        if _getrandom is not None:
+            self.functions["getrandom"] = self.getrandom
+        if clock:
+            self.functions.update(time=self.time, time_ns=self.time_ns)
+
+    def _note(self, fn: str, fields: dict[str, Any]) -> None:
+        if _getpid() != self._pid:
+            return
+        thread = getattr(self._local, "thread", None)
+        if thread is None:  # a thread's first call (a thread-local: idents are reused)
+            with self._lock:
+                thread = self._local.thread = self._next_thread
+                self._next_thread += 1
+        self._rec.note({"type": "entropy", "thread": thread, "fn": fn, **fields})
+
+    def urandom(self, size: int, /) -> bytes:
+        data = _urandom(size)
+        self._note("urandom", {"size": size, "data": _b64(data)})
+        return data
+
+    def getrandom(self, size: int, flags: int = 0) -> bytes:
+        assert _getrandom is not None
+        data = _getrandom(size, flags)
+        self._note("getrandom", {"size": size, "data": _b64(data)})
+        return data
+
+    def time(self) -> float:
+        value = _time()
+        self._note("time", {"value": value})
+        return value
+
+    def time_ns(self) -> int:
+        value = _time_ns()
+        self._note("time_ns", {"value": value})
+        return value
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")

@@ -1,0 +1,135 @@
+"""The program's own nondeterministic inputs, given back as they were recorded.
+
+Theory of operation. A trace recorded with entropy (record/entropy.py) holds what the
+program got from ``os.urandom``/``os.getrandom`` (and ``time.time``/``time_ns`` when
+recorded with ``wall_clock=True``) as ``entropy`` records, each naming its thread by
+the order of that thread's first such call. While replaying, patching.py swaps in the
+functions here: the n-th thread to ask gets the recorded values of the n-th recorded
+thread, in order. ``random``'s global generator is set to its recorded state when the
+block starts, and ``os.getpid()``/``os.getppid()`` answer the recorded ids (in the
+replaying process only).
+
+The cassette files entropy records as it reads the trace (its filing loop hands them to
+:meth:`EntropyReplay.file`); a thread that asks before its record was read makes the
+cassette read on. When the code asks for something else than what was recorded (another
+size, another function, or more calls than were recorded), that thread gets fresh real
+values from then on, and the replay ends with a ReplayMismatch saying what differed.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import random
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .cassette import Cassette
+
+_urandom = os.urandom
+_getrandom: Callable[..., bytes] | None = getattr(os, "getrandom", None)
+_getpid = os.getpid
+_getppid = os.getppid
+_time = time.time
+_time_ns = time.time_ns
+
+
+def restore_random(state: Mapping[str, Any]) -> None:
+    """Set ``random``'s global generator to a recorded state (record/entropy.py)."""
+    raw = binascii.a2b_base64(state["words"])
+    words = struct.unpack(f"<{len(raw) // 4}I", raw)
+    random.setstate((state["version"], words, state["gauss"]))
+
+
+class EntropyReplay:
+    """The functions swapped in for the block, answering from ``cassette``."""
+
+    def __init__(self, cassette: Cassette, recorded: Mapping[str, Any]) -> None:
+        self._cas = cassette
+        self._pid = _getpid()
+        self._recorded_pid = recorded.get("pid")
+        self._recorded_ppid = recorded.get("ppid")
+        self._queues: dict[int, deque[dict[str, Any]]] = {}
+        self._local = threading.local()
+        self._next_thread = 0
+        self._diverged: set[int] = set()
+        self.mismatches: list[str] = []
+        self.functions: dict[str, Callable[..., Any]] = {
+            "urandom": self.urandom, "getpid": self.getpid, "getppid": self.getppid}
+        if _getrandom is not None:
+            self.functions["getrandom"] = self.getrandom
+        if recorded.get("clock"):
+            self.functions.update(time=self.time, time_ns=self.time_ns)
+        cassette.entropy = self
+
+    def file(self, rec: dict[str, Any]) -> None:
+        """One entropy record, read from the trace (the cassette's filing loop)."""
+        queue = self._queues.get(rec["thread"])
+        if queue is None:
+            queue = self._queues[rec["thread"]] = deque()
+        queue.append(rec)
+
+    def _recorded(self, fn: str, size: int | None) -> dict[str, Any] | None:
+        """The next recorded answer of this thread, or None (then: a fresh value)."""
+        if _getpid() != self._pid:
+            return None
+        cas = self._cas
+        with cas.lock:
+            thread = getattr(self._local, "thread", None)
+            if thread is None:  # this thread's first call (idents are reused: a local)
+                thread = self._local.thread = self._next_thread
+                self._next_thread += 1
+            if thread in self._diverged:
+                return None
+            queue = self._queues.get(thread)
+            while not queue and cas.pull():
+                queue = self._queues.get(thread)
+            asked = f"os.{fn}({size})" if size is not None else f"time.{fn}()"
+            if not queue:
+                self._diverge(thread, f"the code asked {asked} where the recording had no "
+                              f"more such calls in thread {thread}")
+                return None
+            rec = queue[0]
+            if rec.get("fn") != fn or rec.get("size") != size:
+                had = (f"os.{rec.get('fn')}({rec.get('size')})" if "size" in rec
+                       else f"time.{rec.get('fn')}()")
+                self._diverge(thread, f"the code asked {asked} where the recording had "
+                              f"{had}, after call seq {rec.get('after')}")
+                return None
+            queue.popleft()
+            return rec
+
+    def _diverge(self, thread: int, what: str) -> None:
+        self._diverged.add(thread)
+        self.mismatches.append(f"{self._cas.path}: {what} (thread {thread}; it got fresh "
+                               "values from then on)")
+
+    def urandom(self, size: int, /) -> bytes:
+        rec = self._recorded("urandom", size)
+        return _urandom(size) if rec is None else binascii.a2b_base64(rec["data"])
+
+    def getrandom(self, size: int, flags: int = 0) -> bytes:
+        assert _getrandom is not None
+        rec = self._recorded("getrandom", size)
+        return _getrandom(size, flags) if rec is None else binascii.a2b_base64(rec["data"])
+
+    def time(self) -> float:
+        rec = self._recorded("time", None)
+        return _time() if rec is None else float(rec["value"])
+
+    def time_ns(self) -> int:
+        rec = self._recorded("time_ns", None)
+        return _time_ns() if rec is None else int(rec["value"])
+
+    def getpid(self) -> int:
+        pid = _getpid()
+        return self._recorded_pid if pid == self._pid and self._recorded_pid else pid
+
+    def getppid(self) -> int:
+        ppid = _getppid()
+        return self._recorded_ppid if _getpid() == self._pid and self._recorded_ppid \
+            else ppid

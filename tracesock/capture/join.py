@@ -41,19 +41,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CaptureError
-from ..trace.events import CallEvent, call_label
-from ..trace.reader import Connection, Trace
+from ..trace.events import TraceHeader
+from ..trace.reader import Trace
 from . import pcapng
 from .segments import Endpoint, Segment, flow_key, normalize_host, parse_frame, relativize
+from .setups import SetupCall, Setups, SocketSetup, ref_label
 
 # Packet and call timestamps come from the same wall clock; this absorbs the sampling
 # gap between the trace's epoch and its monotonic zero.
 SLACK = 0.002
 
 Pattern = tuple[str | None, int | None]  # None: not known, matches anything
-
-_CONNECT_OPS = ("connect", "connect_ex")
-
 
 @dataclass(frozen=True, slots=True)
 class CallRef:
@@ -79,20 +77,8 @@ class JoinedSegment:
         return "; ".join(c.label for c in self.calls)
 
 
-def ref_label(ev: CallEvent) -> str:
-    """The call as a short label: ``sock 1 connect(('127.0.0.1', 7))``."""
-    label = f"sock {ev.sock} {call_label(ev)}"
-    if ev.error is not None:
-        return f"{label} -> {ev.error.type}"
-    if ev.is_recv and ev.nbytes == 0:
-        return f"{label} = 0"
-    if ev.op == "accept" and "accepted" in ev.extra:
-        return f"{label} = sock {ev.extra['accepted']}"
-    return label
-
-
-def _ref(ev: CallEvent) -> CallRef:
-    return CallRef(ev.sock, ev.seq, ref_label(ev))
+def _ref(call: SetupCall) -> CallRef:
+    return CallRef(call.sock, call.seq, call.label)
 
 
 def _pattern(addr: Any) -> Pattern | None:
@@ -119,86 +105,65 @@ def _matches(pattern: Pattern, ep: Endpoint) -> bool:
 class _Side:
     """One traced TCP socket, as the join needs it."""
 
-    conn: Connection
+    setup: SocketSetup
     epoch: float
     local: Pattern
     remote: Pattern
     anchor: float  # wall time by which its handshake had started
     window: tuple[float, float]  # for inexact matches
     opener: list[CallRef] = field(default_factory=list)
-    closer: CallEvent | None = None
-    eof: CallEvent | None = None
-    failures: list[CallEvent] = field(default_factory=list)
-    sends: list[CallEvent] = field(default_factory=list)
-    send_ends: list[int] = field(default_factory=list)
-    recvs: list[CallEvent] = field(default_factory=list)
-    recv_ends: list[int] = field(default_factory=list)
     endpoint: Endpoint | None = None  # filled in once matched
 
     @property
     def exact(self) -> bool:
         return None not in self.local and None not in self.remote
 
+    @property
+    def closer(self) -> SetupCall | None:
+        return self.setup.closer
+
+    @property
+    def eof(self) -> SetupCall | None:
+        return self.setup.eof
+
 
 def epoch_of(trace: Trace) -> float:
-    epoch = trace.header.extra.get("epoch")
+    return header_epoch(trace.path, trace.header)
+
+
+def header_epoch(path: str, header: TraceHeader) -> float:
+    """The wall time of the trace's t=0 (its header's ``epoch``)."""
+    epoch = header.extra.get("epoch")
     if not isinstance(epoch, (int, float)):
-        raise CaptureError(f"{trace.path}: the trace header has no 'epoch' (wall time of "
+        raise CaptureError(f"{path}: the trace header has no 'epoch' (wall time of "
                            "t=0), so its calls cannot be lined up with captured packets")
     return float(epoch)
 
 
-def _sides(trace: Trace, epoch: float) -> list[_Side]:
-    conns = trace.connections
-    accepts: dict[int, CallEvent] = {}
-    for ev in trace.events:
-        new = ev.extra.get("accepted") if ev.op == "accept" else None
-        if isinstance(new, int):
-            accepts[new] = ev
+def _sides(setups: Setups, epoch: float) -> list[_Side]:
     sides: list[_Side] = []
-    for conn in conns.values():
-        if conn.kind not in (None, "SOCK_STREAM") or conn.family not in (
-                None, "AF_INET", "AF_INET6") or not conn.events:
+    for su in setups.sockets.values():
+        if su.kind not in (None, "SOCK_STREAM") or su.family not in (
+                None, "AF_INET", "AF_INET6"):
             continue
-        connect = next((e for e in conn.events if e.op in _CONNECT_OPS), None)
-        local = _pattern(connect.laddr if connect is not None and connect.error is not None
-                         else conn.laddr)
-        remote = _pattern(conn.raddr)
+        connect = su.connect
+        local = _pattern(connect.laddr if connect is not None and connect.failed
+                         else su.laddr)
+        remote = _pattern(su.raddr)
         if local is None or remote is None or remote[1] is None:
             continue
-        first, last = conn.events[0], conn.events[-1]
-        setup = connect or first
-        side = _Side(conn, epoch, local, remote, anchor=epoch + setup.t + setup.dur,
-                     window=(epoch + setup.t - SLACK, epoch + setup.t + setup.dur + SLACK))
+        setup_t, setup_dur = (connect.t, connect.dur) if connect is not None else \
+            (su.first_t, su.first_dur)
+        side = _Side(su, epoch, local, remote, anchor=epoch + setup_t + setup_dur,
+                     window=(epoch + setup_t - SLACK, epoch + setup_t + setup_dur + SLACK))
         if None not in local:
-            side.window = (epoch + first.t - SLACK, epoch + last.t + last.dur + SLACK)
+            side.window = (epoch + su.first_t - SLACK, epoch + su.last_end + SLACK)
         if connect is not None:
             side.opener.append(_ref(connect))
-        accept = accepts.get(conn.sock)
+        accept = setups.accepts.get(su.sock)
         if accept is not None:
             side.opener.append(_ref(accept))
             side.anchor = epoch + accept.t + accept.dur
-        sent = received = 0
-        for ev in conn.events:
-            if ev.error is not None:
-                side.failures.append(ev)
-                continue
-            if side.closer is None and (
-                    (ev.op == "shutdown" and ev.args.get("how") in ("SHUT_WR", "SHUT_RDWR"))
-                    or (ev.op == "close" and ev.extra.get("fd_closed", True))
-                    or ev.op == "close_fd"):
-                side.closer = ev
-            elif ev.is_send and ev.nbytes:
-                sent += ev.nbytes
-                side.sends.append(ev)
-                side.send_ends.append(sent)
-            elif ev.is_recv:
-                if ev.nbytes == 0 and side.eof is None:
-                    side.eof = ev
-                elif ev.nbytes:
-                    received += ev.nbytes
-                    side.recvs.append(ev)
-                    side.recv_ends.append(received)
         sides.append(side)
     return sides
 
@@ -255,9 +220,11 @@ def _pick(side: _Side, by_key: dict[tuple[Endpoint, Endpoint], list[_Incarnation
                     return
 
 
-def _covering(ends: Sequence[int], evs: Sequence[CallEvent], offset: int) -> list[CallRef]:
+def _covering(sock: int, ends: Sequence[int], seqs: Sequence[int],
+              offset: int) -> list[CallRef]:
+    # The label is filled in later (resolve()): only the seqs of sends and recvs are held.
     i = bisect.bisect_right(ends, offset)
-    return [_ref(evs[i])] if i < len(evs) else []
+    return [CallRef(sock, seqs[i], "")] if i < len(seqs) else []
 
 
 def _annotate(inc: _Incarnation, keep_all: bool) -> Iterator[JoinedSegment]:
@@ -268,7 +235,7 @@ def _annotate(inc: _Incarnation, keep_all: bool) -> Iterator[JoinedSegment]:
     if inc.syn is not None:
         view = inc.syn.src if inc.syn.src in at else inc.syn.dst
     else:
-        clients = [s for s in inc.sides if s.conn.role == "client"]
+        clients = [s for s in inc.sides if s.setup.role == "client"]
         view = (clients or inc.sides)[0].endpoint or inc.key[0]
     openers = [r for s in inc.sides for r in s.opener]
     synack: Segment | None = None
@@ -285,7 +252,7 @@ def _annotate(inc: _Incarnation, keep_all: bool) -> Iterator[JoinedSegment]:
             role = "rst"
             refs = [_ref(s.closer) for s in senders if s.closer is not None]
             for r in receivers:
-                failed = next((e for e in r.failures
+                failed = next((e for e in r.setup.failures
                                if r.epoch + e.t + e.dur >= seg.time - SLACK), None)
                 if failed is not None:
                     refs.append(_ref(failed))
@@ -307,9 +274,11 @@ def _annotate(inc: _Incarnation, keep_all: bool) -> Iterator[JoinedSegment]:
             role = "data"
             offset = seg.rel_seq - 1
             for s in senders:
-                refs += _covering(s.send_ends, s.sends, offset)
+                su = s.setup
+                refs += _covering(su.sock, su.send_ends, su.sends, offset)
             for r in receivers:
-                refs += _covering(r.recv_ends, r.recvs, offset)
+                su = r.setup
+                refs += _covering(su.sock, su.recv_ends, su.recvs, offset)
         if keep_all or role not in ("ack", "data"):
             yield JoinedSegment(seg, tuple(dict.fromkeys(refs)), role, seg.src == view)
 
@@ -324,8 +293,20 @@ def join(trace: Trace, segments: Iterable[Segment], *,
     ``segments`` should carry relative sequence numbers (``segments.relativize``).
     """
     epoch = epoch_of(trace)
+    joined = join_setups(Setups().extend(trace.events), epoch, segments, keep_all=keep_all)
+    if any(not ref.label for js in joined for ref in js.calls):
+        by_seq = {ev.seq: ev for ev in trace.events}
+        joined = resolve(joined, {seq: ref_label(by_seq[seq]) for seq in unlabelled(joined)})
+    return joined
+
+
+def join_setups(setups: Setups, epoch: float, segments: Iterable[Segment], *,
+                keep_all: bool = False) -> list[JoinedSegment]:
+    """``join`` from the sockets' set-ups (setups.py) and the trace's ``epoch``. The
+    sends and recvs behind data segments are named by seq only, with an empty label:
+    ``resolve`` fills them in from ``unlabelled``'s calls."""
     by_key = _incarnations(segments)
-    sides = _sides(trace, epoch)
+    sides = _sides(setups, epoch)
     for side in sorted(sides, key=lambda s: not s.exact):
         _pick(side, by_key)
     joined = [js for incs in by_key.values() for inc in incs if inc.sides
@@ -334,10 +315,28 @@ def join(trace: Trace, segments: Iterable[Segment], *,
     return joined
 
 
+def unlabelled(joined: Iterable[JoinedSegment]) -> set[int]:
+    """The seqs of the calls ``join_setups`` left without a label."""
+    return {ref.seq for js in joined for ref in js.calls if not ref.label}
+
+
+def resolve(joined: Iterable[JoinedSegment], labels: dict[int, str]) -> list[JoinedSegment]:
+    """``joined`` with the empty labels filled in from ``labels`` (seq -> label)."""
+    out = []
+    for js in joined:
+        if any(not ref.label for ref in js.calls):
+            calls = tuple(ref if ref.label else CallRef(ref.sock, ref.seq, labels[ref.seq])
+                          for ref in js.calls)
+            js = JoinedSegment(js.segment, calls, js.role, js.outbound)
+        out.append(js)
+    return out
+
+
 def load_segments(capture_path: str) -> list[Segment]:
     """The TCP segments of a pcapng/pcap file, with relative sequence numbers."""
     segs = (parse_frame(f.data, f.linktype, f.time) for f in pcapng.read(capture_path))
     return relativize(s for s in segs if s is not None)
 
 
-__all__ = ["CallRef", "JoinedSegment", "epoch_of", "join", "load_segments", "ref_label"]
+__all__ = ["CallRef", "JoinedSegment", "epoch_of", "header_epoch", "join", "join_setups",
+           "load_segments", "ref_label", "resolve", "unlabelled"]

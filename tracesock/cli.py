@@ -150,17 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from .lecture.show import EventFilter, in_start_order, timeline_lines
-    from .trace.reader import TraceReader, load
+    from .trace.reader import TraceReader
 
     keep = EventFilter(socks=_set(args.sock), ops=_set(args.op), pids=_set(args.pid),
                        since_ms=args.since, until_ms=args.until, errors=args.errors)
     filtered = keep != EventFilter()
     if args.capture:
-        from .lecture.timeline import render_with_capture
+        from .lecture.timeline import stream_with_capture
 
-        trace = load(args.trace)
-        _print_warnings(trace.warnings)
-        for line in render_with_capture(trace, args.capture, keep if filtered else None):
+        # Streamed too: the warnings come from the first of its passes, before any line.
+        warnings, lines = stream_with_capture(args.trace, args.capture,
+                                              keep if filtered else None)
+        _print_warnings(warnings)
+        for line in lines:
             print(line)
         return 0
     # Streamed: the first lines come at once; warnings about the file's end come last.

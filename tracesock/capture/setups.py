@@ -182,8 +182,8 @@ def scan(path: str, moves: bool) -> tuple[TraceHeader, Setups, list[str]]:
             for i, rec in enumerate(recs):
                 # The bulk: a send or recv that moved bytes and says nothing else the
                 # join reads. Its fields are checked here; anything else goes the slow way.
-                if type(rec) is dict and rec.get("type") == "call" \
-                        and rec.get("op") in _MOVES:
+                op = rec.get("op") if type(rec) is dict else None
+                if type(op) is str and op in _MOVES and rec.get("type") == "call":
                     seq, sock, n = rec.get("seq"), rec.get("sock"), rec.get("nbytes")
                     t: Any = rec.get("t")
                     dur: Any = rec.get("dur") or 0.0
@@ -194,7 +194,7 @@ def scan(path: str, moves: bool) -> tuple[TraceHeader, Setups, list[str]]:
                             and not any(k in rec for k in _IDENTITY):
                         last_seq = seq
                         s.last_end = float(t) + float(dur)
-                        setups.move(s, seq, rec["op"] in SEND_OPS, n)
+                        setups.move(s, seq, op in SEND_OPS, n)
                         continue
                 if type(rec) is not dict:
                     raise TraceFormatError(f"{path}:{lineno + i}: a trace line must be a "

@@ -1,16 +1,46 @@
 """The timeline of ``tracesock show TRACE --capture CAP``: calls and captured segments in
 one time order, each segment tagged with the calls behind it (capture/join.py joins them).
+
+Theory of operation. ``render`` lays out a loaded Trace; ``stream_with_capture`` gives the
+same lines for a trace of any size, in three streaming passes over the file that never
+hold its calls:
+
+1. ``capture.setups.scan``: each socket's set-up (what the join needs: a few calls per
+   socket, its failures, and the byte offsets of its sends and recvs only when the
+   capture has data segments), then the join, with the capture's segments.
+2. Only when the join left sends and recvs unlabelled, or ``keep`` (show's filters)
+   decides which segments stay: the calls the segments name, looked up by seq (no
+   CallEvent built for the others), for their labels and ``keep``'s verdict. A segment
+   is shown when one of its calls is; the calls it names are proportional to the
+   capture.
+3. The calls again, through show's reorder window (``in_start_order``), merged with the
+   segments kept: each segment goes out once a call that starts after it comes.
+
+The lines are render()'s as long as the reorder window holds (show.REORDER_WINDOW).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Callable, Iterator, Sequence
 
-from ..capture.join import JoinedSegment, epoch_of, join, load_segments
+from ..capture.join import (
+    JoinedSegment,
+    epoch_of,
+    header_epoch,
+    join,
+    join_setups,
+    load_segments,
+    resolve,
+    unlabelled,
+)
+from ..capture.segments import Segment
+from ..capture.setups import ref_label, scan
+from ..trace.batches import BatchReader
 from ..trace.events import CallEvent, call_label, format_addr
-from ..trace.reader import Trace
-from .show import format_call
+from ..trace.reader import Trace, TraceReader, event_from_record
+from .show import format_call, in_start_order
 
 
 def format_segment(js: JoinedSegment) -> str:
@@ -66,4 +96,91 @@ def render_with_capture(trace: Trace, capture_path: str,
     yield from render(trace, joined)
 
 
-__all__ = ["format_segment", "render", "render_with_capture"]
+def _is_data(seg: Segment) -> bool:
+    return seg.length > 0 and not (seg.flags & 0x02 or seg.is_rst or seg.is_fin)
+
+
+def stream_with_capture(path: str, capture_path: str,
+                        keep: Callable[[CallEvent], bool] | None = None,
+                        ) -> tuple[list[str], Iterator[str]]:
+    """``render_with_capture``'s lines for the trace at ``path``, streamed: the reader's
+    warnings (known once the first pass is over, before any line), and the lines."""
+    segments = load_segments(capture_path)
+    header, setups, warnings = scan(path, moves=any(_is_data(s) for s in segments))
+    epoch = header_epoch(path, header)
+    joined = join_setups(setups, epoch, segments, keep_all=True)
+    del setups, segments
+    lead = [] if joined else [f"(no segment in {capture_path} belongs to a TCP connection "
+                              f"of {path})"]
+    if keep is not None or unlabelled(joined):
+        labels, kept = _named_calls(path, joined, keep)
+        joined = resolve(joined, labels)
+        if keep is not None:
+            joined = [js for js in joined if any(ref.seq in kept for ref in js.calls)]
+    return warnings, _merged(path, epoch, joined, keep, lead)
+
+
+def _named_calls(path: str, joined: Sequence[JoinedSegment],
+                 keep: Callable[[CallEvent], bool] | None) -> tuple[dict[int, str], set[int]]:
+    """Labels of the calls the segments name (seq -> label), and those ``keep`` keeps."""
+    wanted = {ref.seq for js in joined for ref in js.calls}
+    labels: dict[int, str] = {}
+    kept: set[int] = set()
+    reader = BatchReader(path)
+    try:
+        for lineno, recs in reader.batches():
+            for i, rec in enumerate(recs):
+                seq = rec.get("seq") if type(rec) is dict else None
+                if type(seq) is int and seq in wanted and rec.get("type") == "call":
+                    ev = event_from_record(path, lineno + i, rec)
+                    labels[ev.seq] = ref_label(ev)
+                    if keep is not None and keep(ev):
+                        kept.add(ev.seq)
+    finally:
+        reader.close()
+    return labels, kept
+
+
+def _merged(path: str, epoch: float, joined: list[JoinedSegment],
+            keep: Callable[[CallEvent], bool] | None, lead: list[str]) -> Iterator[str]:
+    yield from lead
+    spans: dict[int, list[float]] = {}  # call seq -> times of its segments
+    for js in joined:
+        for ref in js.calls:
+            spans.setdefault(ref.seq, []).append(js.segment.time)
+    segs = [(js.segment.time - epoch, 1, i, format_segment(js)) for i, js in enumerate(joined)]
+    segs.reverse()  # popped from the end, earliest first
+    del joined
+    later: list[tuple[float, int, int, str]] = []  # returns of calls shown twice
+    reader = TraceReader(path)
+    try:
+        evs = filter(keep, reader) if keep is not None else iter(reader)
+        for ev in in_start_order(evs):
+            start = epoch + ev.t
+            spanning = any(start < t < start + ev.dur for t in spans.get(ev.seq, ()))
+            if spanning:
+                item = (ev.t, 0, ev.seq, f"sock {ev.sock:<3} {call_label(ev)} ...")
+                heapq.heappush(later, (ev.t + ev.dur, 2, ev.seq, f"{format_call(ev)}  "
+                                       f"(returned after {ev.dur * 1000:.3f} ms)"))
+            else:
+                item = (ev.t, 0, ev.seq, format_call(ev))
+            while True:
+                if segs and segs[-1][:3] < item[:3] and \
+                        (not later or segs[-1][:3] < later[0][:3]):
+                    yield _stamped(segs.pop())
+                elif later and later[0][:3] < item[:3]:
+                    yield _stamped(heapq.heappop(later))
+                else:
+                    break
+            yield _stamped(item)
+    finally:
+        reader.close()
+    for one in heapq.merge(reversed(segs), sorted(later)):
+        yield _stamped(one)
+
+
+def _stamped(item: tuple[float, int, int, str]) -> str:
+    return f"{item[0] * 1000:10.3f} ms  {item[3]}"
+
+
+__all__ = ["format_segment", "render", "render_with_capture", "stream_with_capture"]

@@ -6,13 +6,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tracesock
+from tracesock.capture import pcapng
 from tracesock.cli import main
 from tracesock.lecture.show import (
     EventFilter,
@@ -24,6 +28,7 @@ from tracesock.lecture.show import (
     timeline_lines,
 )
 from tracesock.lecture.stats import SocketSums, scan, write_json
+from tracesock.lecture.timeline import render_with_capture
 from tracesock.trace.events import CallEvent
 from tracesock.trace.progress import ProgressBar
 
@@ -247,3 +252,103 @@ def test_last_line_without_its_newline_is_read_as_load_reads_it(tmp_path: Path) 
     summary = scan(str(path))
     assert summary.pop("warnings") == [] and summary["complete"]
     assert summary == stats(tracesock.load(str(path)))
+
+
+# -- show --capture on many connections ----------------------------------------------------
+
+LISTENER = ("127.0.0.1", 7)
+
+
+def _frame(src: tuple[str, int], dst: tuple[str, int], flags: int, seq: int, ack: int,
+           length: int = 0) -> bytes:
+    """A raw IPv4 frame (LINKTYPE_RAW) of one TCP segment."""
+    tcp = struct.pack("!HHIIHHHH", src[1], dst[1], seq, ack, 5 << 12 | flags, 65535, 0, 0)
+    tcp += b"x" * length
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0,
+                       socket.inet_aton(src[0]), socket.inet_aton(dst[0])) + tcp
+
+
+def _many_connections(tmp_path: Path, n: int) -> tuple[str, str]:
+    """A listener (sock 1) accepting ``n`` overlapping echo connections (client sock 2k,
+    accepted 2k+1): a trace and its capture (every segment, data too)."""
+    syn, fin, ack, psh = 0x02, 0x01, 0x10, 0x08
+    epoch = 1_700_000_000.0
+    calls: list[dict[str, Any]] = [
+        {"sock": 1, "op": "socket", "t": 0.0, "family": "AF_INET", "kind": "SOCK_STREAM"},
+        {"sock": 1, "op": "bind", "t": 0.0001, "laddr": list(LISTENER)},
+        {"sock": 1, "op": "listen", "t": 0.0002}]
+    frames = []
+    for k in range(1, n + 1):
+        t0 = 0.001 + 0.0007 * k  # connections overlap: each lasts about 10 ms
+        cl, srv = 2 * k, 2 * k + 1
+        here = ("127.0.0.1", 40000 + k)
+        calls += [
+            {"sock": cl, "op": "socket", "t": t0, "family": "AF_INET", "kind": "SOCK_STREAM"},
+            {"sock": cl, "op": "connect", "t": t0 + 0.001, "dur": 0.0004,
+             "args": {"address": list(LISTENER)}, "laddr": list(here), "raddr": list(LISTENER)},
+            {"sock": 1, "op": "accept", "t": t0 + 0.0009, "dur": 0.0007, "accepted": srv,
+             "laddr": list(LISTENER), "raddr": list(here)},
+            {"sock": srv, "op": "socket", "t": t0 + 0.0017, "parent": 1, "family": "AF_INET",
+             "kind": "SOCK_STREAM", "laddr": list(LISTENER), "raddr": list(here)},
+            {"sock": cl, "op": "sendall", "t": t0 + 0.002, "dur": 0.0002, "nbytes": 5},
+            {"sock": srv, "op": "recv", "t": t0 + 0.0019, "dur": 0.0006, "nbytes": 5,
+             "args": {"bufsize": 1024}},
+            {"sock": cl, "op": "shutdown", "t": t0 + 0.004, "args": {"how": "SHUT_WR"}},
+            {"sock": srv, "op": "recv", "t": t0 + 0.003, "dur": 0.0012, "nbytes": 0,
+             "args": {"bufsize": 1024}},
+            {"sock": srv, "op": "close", "t": t0 + 0.005, "fd_closed": True},
+            {"sock": cl, "op": "recv", "t": t0 + 0.0045, "dur": 0.0007, "nbytes": 0,
+             "args": {"bufsize": 1024}},
+            {"sock": cl, "op": "close", "t": t0 + 0.006}]
+        for dt, src, dst, flags, seq, ack_no, length in (
+                (0.0011, here, LISTENER, syn, 100, 0, 0),
+                (0.0012, LISTENER, here, syn | ack, 900, 101, 0),
+                (0.0013, here, LISTENER, ack, 101, 901, 0),
+                (0.0021, here, LISTENER, psh | ack, 101, 901, 5),
+                (0.0022, LISTENER, here, ack, 901, 106, 0),
+                (0.0041, here, LISTENER, fin | ack, 106, 901, 0),
+                (0.0042, LISTENER, here, ack, 901, 107, 0),
+                (0.0051, LISTENER, here, fin | ack, 901, 107, 0),
+                (0.0052, here, LISTENER, ack, 107, 902, 0)):
+            data = _frame(src, dst, flags, seq, ack_no, length)
+            frames.append(pcapng.Frame(epoch + t0 + dt, 101, data, len(data)))
+    calls.sort(key=lambda c: c["t"] + c.get("dur", 0.0))  # the file: in return order
+    header = {"type": "trace", "format": "tracesock", "version": 1, "started": "", "pid": 1,
+              "argv": [], "python": "3.11", "payload": False, "max_payload": None,
+              "epoch": epoch}
+    lines = [header, *({"type": "call", "seq": i, **c} for i, c in enumerate(calls, 1)),
+             {"type": "end", "t": 1.0, "events": len(calls), "lost": 0}]
+    trace = tmp_path / "many.jsonl"
+    trace.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    capture = str(tmp_path / "many.pcapng")
+    frames.sort(key=lambda f: f.time)
+    pcapng.write(capture, frames, linktype=101, snaplen=65535, ifname="lo")
+    return str(trace), capture
+
+
+def _socks_of(line: str) -> set[int]:
+    """The sockets a ``show --capture`` line is about: a call's, or a segment's calls'."""
+    text = line.split(" ms  ", 1)[1]
+    if text.startswith("sock "):
+        return {int(text.split()[1])}
+    calls = text.rsplit("  [", 1)[1] if "  [" in text else ""
+    return {int(n) for n in re.findall(r"(?:^|; )sock (\d+) ", calls)}
+
+
+def test_show_capture_of_one_socket_is_its_lines_of_the_whole(tmp_path: Path) -> None:
+    trace, capture = _many_connections(tmp_path, 60)
+    code, out, err = cli("show", trace, "--capture", capture)
+    assert (code, err) == (0, "")
+    whole = out.splitlines()
+    # The streamed lines are those of the in-memory timeline.
+    assert whole == list(render_with_capture(tracesock.load(trace), capture))
+    assert sum("SYN ->" in line for line in whole) == 60
+    for sock in (1, 2, 61, 120, 121):
+        code, out, err = cli("show", trace, "--capture", capture, "--sock", str(sock))
+        assert (code, err) == (0, "")
+        mine = [line for line in whole if sock in _socks_of(line)]
+        assert out.splitlines() == mine, sock
+        if sock % 2 == 0 or sock == 1:  # a client's or the listener's: the handshake too
+            assert any("SYN ->" in line for line in mine), sock
+    assert len([line for line in cli("show", trace, "--capture", capture, "--sock", "1")[1]
+                .splitlines() if "SYN ->" in line]) == 60  # the listener's, through accept

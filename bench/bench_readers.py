@@ -17,13 +17,22 @@ one process (``os.wait4``'s rusage; see ``_WRAPPER`` for why a wrapper):
   ``QUERY`` below (calls and bytes per socket and op, what ``stats`` adds up); its
   counts are checked against ``stats --json``'s.
 
+And the join, on a third pair of traces, recorded with ``tracesock run --capture`` (root:
+it sniffs loopback) of a script making many connections of ping-pong rounds to a
+threaded echo server (``CAPTURE_CONNECTIONS``; ``--quick``: ``QUICK_CAPTURE_CONNECTIONS``):
+
+- ``tracesock show TRACE --capture CAP > /dev/null``, and the same with ``--sock 2``:
+  peak RSS at both sizes and its big/small ratio (the join holds the connections'
+  set-ups and the capture's segments, not the calls). Reported, no target. Without
+  capture (not root, no scapy) these figures are left out.
+
 Targets: stats (and stats --json) within 4x of DuckDB's time; peak RSS of stats and
 show under 150 MB, and at 2M calls within 1.3x of 200k; ``show | head -3`` under 0.3 s;
 ``load()`` peak RSS under 4x the call metadata. Each prints PASS or MISS; nothing
 asserts (a benchmark reports, bench/run.py).
 
     python bench/bench_readers.py [--quick] [--json] [-o FILE] [--repeat N]
-                                  [--duckdb-threads N] [--pythonpath DIR]
+                                  [--duckdb-threads N] [--pythonpath DIR] [--capture-only]
 
 ``--pythonpath DIR`` measures the tracesock package found in DIR (a copy of another
 commit's ``tracesock/``, say, for a before/after figure) instead of the checkout's.
@@ -61,6 +70,10 @@ TARGET_PEAK_MB = 150.0
 TARGET_FLATNESS = 1.3
 TARGET_HEAD_S = 0.3
 TARGET_LOAD_TO_METADATA = 4.0
+
+# (connections, ping-pong rounds on each): ~4 calls a round, ~1,000 B of capture each
+CAPTURE_CONNECTIONS = ((200, 100), (4_000, 100))
+QUICK_CAPTURE_CONNECTIONS = ((100, 50), (1_000, 50))
 
 SEND_OPS = ("send", "sendall", "sendto", "sendmsg", "sendfile", "write")
 RECV_OPS = ("recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "read")
@@ -107,6 +120,36 @@ for i in range(rounds):
         break
 a.close()
 b.close()
+"""
+
+# Many connections, one after another, to a threaded echo server: the capture's SYN, FIN
+# and RST segments grow with the connections, the trace with the rounds too.
+_MANY = """\
+import socket, sys, threading
+conns, rounds = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(128)
+addr = srv.getsockname()
+def serve():
+    for _ in range(conns):
+        c, _ = srv.accept()
+        while data := c.recv(64):
+            c.sendall(data)
+        c.close()
+server = threading.Thread(target=serve)
+server.start()
+msg = b"ping-0123456789ab"
+for _ in range(conns):
+    s = socket.create_connection(addr)
+    for _ in range(rounds):
+        s.sendall(msg)
+        s.recv(64)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(64)
+    s.close()
+server.join()
+srv.close()
 """
 
 
@@ -231,6 +274,56 @@ def build_trace(folder: Path, name: str, events: int) -> Path:
                    check=True, timeout=BUILD_TIMEOUT_S, cwd=folder,
                    stdin=subprocess.DEVNULL)
     return trace
+
+
+def build_captured(folder: Path, name: str, conns: int, rounds: int) -> tuple[Path, Path]:
+    """A trace of ``conns`` connections and its capture (``tracesock run --capture``)."""
+    script = folder / "many.py"
+    script.write_text(_MANY)
+    trace, capture = folder / f"{name}.jsonl", folder / f"{name}.pcapng"
+    subprocess.run([*_tracesock(), "run", "--capture-required", "--capture", str(capture),
+                    "-o", str(trace), str(script), str(conns), str(rounds)],
+                   check=True, timeout=BUILD_TIMEOUT_S, cwd=folder, stdin=subprocess.DEVNULL)
+    return trace, capture
+
+
+def measure_capture(quick: bool, repeat: int, log: Any) -> dict[str, Any]:
+    """``show --capture`` (whole, and ``--sock 2``) on a small and a big captured trace:
+    flat figures, or ``{"show_capture_error": why}`` when capture cannot run here."""
+    f: dict[str, Any] = {}
+    folder = Path(tempfile.mkdtemp(prefix="bench-readers-capture-"))
+    timeout = QUICK_CMD_TIMEOUT_S if quick else CMD_TIMEOUT_S
+    try:
+        for size, (conns, rounds) in zip(("small", "big"), QUICK_CAPTURE_CONNECTIONS if quick
+                                         else CAPTURE_CONNECTIONS, strict=True):
+            try:
+                trace, capture = build_captured(folder, size, conns, rounds)
+            except (subprocess.SubprocessError, OSError) as exc:
+                log(f"show --capture: cannot record a capture here ({exc}); left out")
+                return {"show_capture_error": str(exc)[-200:]}
+            tr = scan_trace(trace)
+            f[f"capture_connections_{size}"] = conns
+            f[f"capture_events_{size}"] = tr["calls"]
+            f[f"capture_trace_mb_{size}"] = _r(tr["bytes"] / 1e6, 1)
+            f[f"capture_mb_{size}"] = _r(capture.stat().st_size / 1e6, 2)
+            log(f"  {size}: {conns:,} connections, {tr['calls']:,} calls, "
+                f"{capture.stat().st_size / 1e6:.1f} MB of capture")
+            for key, extra in (("show_capture", []), ("show_capture_sock", ["--sock", "2"])):
+                r = _best([measure([*_tracesock(), "show", str(trace), "--capture",
+                                    str(capture), *extra], timeout, cwd=folder)
+                           for _ in range(repeat)])
+                log(f"    show --capture {' '.join(extra):<8} {_fmt_run(r)}")
+                f[f"{key}_s_{size}"] = _r(r["s"])
+                f[f"{key}_mb_{size}"] = _r(r["mb"], 1)
+                if r["error"]:
+                    f[f"{key}_error_{size}"] = r["error"][-200:]
+            trace.unlink()
+            capture.unlink()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    for key in ("show_capture", "show_capture_sock"):
+        f[f"{key}_flatness"] = _ratio(f.get(f"{key}_mb_big"), f.get(f"{key}_mb_small"))
+    return f
 
 
 def scan_trace(path: Path) -> dict[str, int]:
@@ -412,12 +505,14 @@ def verdicts(f: dict[str, Any]) -> list[tuple[str, Any, str, str]]:
     return rows
 
 
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def run(quick: bool = False, repeat: int = 1, duckdb_threads: int = 0,
-        log: Any = None) -> dict[str, Any]:
+        log: Any = None, capture: bool = True) -> dict[str, Any]:
     """The figures for bench/run.py (flat; the verdicts come from ``targets()``)."""
-    if log is None:
-        def log(msg: str) -> None:
-            print(msg, file=sys.stderr, flush=True)
+    log = log or _log
     events = QUICK_EVENTS if quick else FULL_EVENTS
     timeout = QUICK_CMD_TIMEOUT_S if quick else CMD_TIMEOUT_S
     with_duckdb = _duckdb_available()
@@ -435,7 +530,28 @@ def run(quick: bool = False, repeat: int = 1, duckdb_threads: int = 0,
             trace.unlink()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return figures(sizes, duckdb_threads, with_duckdb)
+    f = figures(sizes, duckdb_threads, with_duckdb)
+    if capture:
+        log("show --capture: recording traces with captures")
+        f.update(measure_capture(quick, repeat, log))
+    return f
+
+
+def report_capture(f: dict[str, Any]) -> None:
+    if "show_capture_error" in f:
+        print(f"show --capture: not measured ({f['show_capture_error']})")
+        return
+    if "show_capture_flatness" not in f:
+        return
+    print(f"show --capture: {f['capture_connections_small']:,} connections "
+          f"({f['capture_events_small']:,} calls, {f['capture_mb_small']} MB of capture) and "
+          f"{f['capture_connections_big']:,} ({f['capture_events_big']:,} calls, "
+          f"{f['capture_mb_big']} MB)")
+    for key, label in (("show_capture", "whole"), ("show_capture_sock", "--sock 2")):
+        flat = f.get(f"{key}_flatness")
+        print(f"  {label:<9} peak RSS {f.get(f'{key}_mb_small')} MB -> "
+              f"{f.get(f'{key}_mb_big')} MB: {'-' if flat is None else f'{flat:.2f}x'}, "
+              f"time {f.get(f'{key}_s_small')} s -> {f.get(f'{key}_s_big')} s")
 
 
 def report(f: dict[str, Any]) -> None:
@@ -466,6 +582,7 @@ def report(f: dict[str, Any]) -> None:
           f"peak RSS less the import's: {f.get('load_net_to_metadata_big') or '-'}x the "
           f"call metadata")
     print(f"DuckDB query (threads: {f['duckdb_threads']}): {f['duckdb_query']}")
+    report_capture(f)
     for size in ("small", "big"):
         for problem in f.get(f"duckdb_vs_stats_{size}", ()):
             print(f"  DuckDB vs stats --json ({size}): {problem}")
@@ -490,12 +607,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pythonpath", metavar="DIR",
                         help="measure the tracesock package in DIR (PYTHONPATH of every "
                              "process run here)")
+    parser.add_argument("--capture-only", action="store_true",
+                        help="only the show --capture figures (root: it sniffs loopback)")
+    parser.add_argument("--no-capture", action="store_true",
+                        help="leave the show --capture figures out")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="also write the JSON document to FILE")
     args = parser.parse_args(argv)
     if args.pythonpath:
         os.environ["PYTHONPATH"] = os.path.abspath(args.pythonpath)
-    f = run(quick=args.quick, repeat=max(1, args.repeat), duckdb_threads=args.duckdb_threads)
+    if args.capture_only:
+        f = measure_capture(args.quick, max(1, args.repeat), _log)
+        f["tracesock"] = _tracesock_location()
+        if args.json:
+            print(json.dumps(f, indent=2))
+        else:
+            print(f"tracesock measured: {f['tracesock']}")
+            report_capture(f)
+        return 0
+    f = run(quick=args.quick, repeat=max(1, args.repeat), duckdb_threads=args.duckdb_threads,
+            capture=not args.no_capture)
     doc = {"figures": f, "targets": {k: list(v) for k, v in targets().items()},
            "verdicts": {k: v for k, _, _, v in verdicts(f)}}
     if args.output:

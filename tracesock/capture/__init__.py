@@ -10,6 +10,8 @@ segments -> joined with the trace's calls. tshark is the independent reader.
 - ``segments.py``: frames parsed into TCP segments, relative sequence numbers.
 - ``pcapng.py``: reading and writing pcapng (and reading pcap), packet comments.
 - ``join.py``: segments matched to the calls behind them (I/O-free but for reading).
+- ``setups.py``: what the join needs of each socket, from a loaded trace or one streaming
+  pass over a file (traces of any size).
 - ``analysis.py``: per-stream handshake, data and teardown from tshark's rows (I/O-free).
 - ``tshark.py``: ``tracesock analyze``: running tshark and printing its analysis.
 

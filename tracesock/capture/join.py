@@ -28,7 +28,9 @@ Matching is by 4-tuple first, timing second:
      returned them, found by relative sequence number;
    * other pure ACKs: no call.
 
-Everything here is I/O-free except ``load_segments``, which reads the capture file.
+Everything here is I/O-free except ``load_segments``, which reads the capture file, and
+``join_file``, which streams the trace (setups.py: each socket's set-up, never the
+calls) for readers of traces of any size.
 The timeline that shows the result is lecture/timeline.py.
 """
 
@@ -45,7 +47,7 @@ from ..trace.events import TraceHeader
 from ..trace.reader import Trace
 from . import pcapng
 from .segments import Endpoint, Segment, flow_key, normalize_host, parse_frame, relativize
-from .setups import SetupCall, Setups, SocketSetup, ref_label
+from .setups import SetupCall, Setups, SocketSetup, named_calls, ref_label, scan
 
 # Packet and call timestamps come from the same wall clock; this absorbs the sampling
 # gap between the trace's epoch and its monotonic zero.
@@ -300,6 +302,20 @@ def join(trace: Trace, segments: Iterable[Segment], *,
     return joined
 
 
+def join_file(trace_path: str, segments: Sequence[Segment], *,
+              keep_all: bool = False) -> list[JoinedSegment]:
+    """``join`` of the trace at ``trace_path``, streamed (setups.py): memory for its
+    sockets' set-ups and the segments, not for its calls."""
+    moves = keep_all and any(s.length > 0 and not (s.flags & 0x02 or s.is_rst or s.is_fin)
+                             for s in segments)
+    header, setups, _ = scan(trace_path, moves)
+    joined = join_setups(setups, header_epoch(trace_path, header), segments,
+                         keep_all=keep_all)
+    del setups
+    wanted = unlabelled(joined)
+    return resolve(joined, named_calls(trace_path, wanted)[0]) if wanted else joined
+
+
 def join_setups(setups: Setups, epoch: float, segments: Iterable[Segment], *,
                 keep_all: bool = False) -> list[JoinedSegment]:
     """``join`` from the sockets' set-ups (setups.py) and the trace's ``epoch``. The
@@ -338,5 +354,5 @@ def load_segments(capture_path: str) -> list[Segment]:
     return relativize(s for s in segs if s is not None)
 
 
-__all__ = ["CallRef", "JoinedSegment", "epoch_of", "header_epoch", "join", "join_setups",
-           "load_segments", "ref_label", "resolve", "unlabelled"]
+__all__ = ["CallRef", "JoinedSegment", "epoch_of", "header_epoch", "join", "join_file",
+           "join_setups", "load_segments", "ref_label", "resolve", "unlabelled"]

@@ -23,7 +23,7 @@ are not plain successful sends and recvs, whose few fields are read from the rec
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,4 +221,27 @@ def scan(path: str, moves: bool) -> tuple[TraceHeader, Setups, list[str]]:
     return reader.header, setups, reader.warnings
 
 
-__all__ = ["SetupCall", "Setups", "SocketSetup", "ref_label", "scan", "setup_call"]
+def named_calls(path: str, wanted: Collection[int],
+                keep: Callable[[CallEvent], bool] | None = None,
+                ) -> tuple[dict[int, str], set[int]]:
+    """A streaming pass for the calls ``wanted`` (by seq): their labels (seq -> label),
+    and those of them ``keep`` keeps. No CallEvent is built for the others."""
+    labels: dict[int, str] = {}
+    kept: set[int] = set()
+    reader = BatchReader(path)
+    try:
+        for lineno, recs in reader.batches():
+            for i, rec in enumerate(recs):
+                seq = rec.get("seq") if type(rec) is dict else None
+                if type(seq) is int and seq in wanted and rec.get("type") == "call":
+                    ev = event_from_record(path, lineno + i, rec)
+                    labels[ev.seq] = ref_label(ev)
+                    if keep is not None and keep(ev):
+                        kept.add(ev.seq)
+    finally:
+        reader.close()
+    return labels, kept
+
+
+__all__ = ["SetupCall", "Setups", "SocketSetup", "named_calls", "ref_label", "scan",
+           "setup_call"]

@@ -36,10 +36,9 @@ from ..capture.join import (
     unlabelled,
 )
 from ..capture.segments import Segment
-from ..capture.setups import ref_label, scan
-from ..trace.batches import BatchReader
+from ..capture.setups import named_calls, scan
 from ..trace.events import CallEvent, call_label, format_addr
-from ..trace.reader import Trace, TraceReader, event_from_record
+from ..trace.reader import Trace, TraceReader
 from .show import format_call, in_start_order
 
 
@@ -113,32 +112,12 @@ def stream_with_capture(path: str, capture_path: str,
     lead = [] if joined else [f"(no segment in {capture_path} belongs to a TCP connection "
                               f"of {path})"]
     if keep is not None or unlabelled(joined):
-        labels, kept = _named_calls(path, joined, keep)
+        labels, kept = named_calls(path, {ref.seq for js in joined for ref in js.calls},
+                                   keep)
         joined = resolve(joined, labels)
         if keep is not None:
             joined = [js for js in joined if any(ref.seq in kept for ref in js.calls)]
     return warnings, _merged(path, epoch, joined, keep, lead)
-
-
-def _named_calls(path: str, joined: Sequence[JoinedSegment],
-                 keep: Callable[[CallEvent], bool] | None) -> tuple[dict[int, str], set[int]]:
-    """Labels of the calls the segments name (seq -> label), and those ``keep`` keeps."""
-    wanted = {ref.seq for js in joined for ref in js.calls}
-    labels: dict[int, str] = {}
-    kept: set[int] = set()
-    reader = BatchReader(path)
-    try:
-        for lineno, recs in reader.batches():
-            for i, rec in enumerate(recs):
-                seq = rec.get("seq") if type(rec) is dict else None
-                if type(seq) is int and seq in wanted and rec.get("type") == "call":
-                    ev = event_from_record(path, lineno + i, rec)
-                    labels[ev.seq] = ref_label(ev)
-                    if keep is not None and keep(ev):
-                        kept.add(ev.seq)
-    finally:
-        reader.close()
-    return labels, kept
 
 
 def _merged(path: str, epoch: float, joined: list[JoinedSegment],

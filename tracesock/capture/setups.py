@@ -31,7 +31,7 @@ from ..errors import TraceFormatError
 from ..trace import events
 from ..trace.batches import BatchReader
 from ..trace.events import RECV_OPS, SEND_OPS, CallEvent, TraceHeader, call_label
-from ..trace.reader import event_from_record
+from ..trace.reader import Sharing, event_from_record
 
 _CONNECT_OPS = ("connect", "connect_ex")
 _IDENTITY = ("family", "kind", "laddr", "raddr", "parent", "error")
@@ -65,11 +65,12 @@ def ref_label(ev: CallEvent) -> str:
 
 
 def setup_call(ev: CallEvent) -> SetupCall:
-    return SetupCall(ev.sock, ev.seq, ref_label(ev), ev.t, ev.dur, ev.laddr,
-                     ev.error is not None)
+    """What the join keeps of a call (its local address: only a connect's is read)."""
+    return SetupCall(ev.sock, ev.seq, ref_label(ev), ev.t, ev.dur,
+                     ev.laddr if ev.op in _CONNECT_OPS else None, ev.error is not None)
 
 
-@dataclass
+@dataclass(slots=True)
 class SocketSetup:
     """One socket as the join sees it (the fields Trace.connections gives, and calls)."""
 
@@ -89,10 +90,11 @@ class SocketSetup:
     eof: SetupCall | None = None
     failures: list[SetupCall] = field(default_factory=list)
     # seqs of the sends and recvs that moved bytes, and the running byte count after each
-    sends: array[int] = field(default_factory=lambda: array("q"))
-    send_ends: array[int] = field(default_factory=lambda: array("q"))
-    recvs: array[int] = field(default_factory=lambda: array("q"))
-    recv_ends: array[int] = field(default_factory=lambda: array("q"))
+    # (made on the first one: most sockets of a SYN/FIN/RST capture never need them)
+    sends: array[int] | None = None
+    send_ends: array[int] | None = None
+    recvs: array[int] | None = None
+    recv_ends: array[int] | None = None
 
     @property
     def role(self) -> str:
@@ -159,7 +161,14 @@ class Setups:
     def move(self, s: SocketSetup, seq: int, sent: bool, nbytes: int) -> None:
         if not self.moves:
             return
-        seqs, ends = (s.sends, s.send_ends) if sent else (s.recvs, s.recv_ends)
+        if sent:
+            if s.sends is None or s.send_ends is None:
+                s.sends, s.send_ends = array("q"), array("q")
+            seqs, ends = s.sends, s.send_ends
+        else:
+            if s.recvs is None or s.recv_ends is None:
+                s.recvs, s.recv_ends = array("q"), array("q")
+            seqs, ends = s.recvs, s.recv_ends
         seqs.append(seq)
         ends.append((ends[-1] if ends else 0) + nbytes)
 
@@ -175,6 +184,7 @@ def scan(path: str, moves: bool) -> tuple[TraceHeader, Setups, list[str]]:
     setups = Setups(moves)
     sockets = setups.sockets
     reader = BatchReader(path)
+    share = Sharing()  # one "AF_INET", one "SOCK_STREAM"... for all the sockets
     end = None
     last_seq = -1
     try:
@@ -207,7 +217,7 @@ def scan(path: str, moves: bool) -> tuple[TraceHeader, Setups, list[str]]:
                         raise TraceFormatError(f"{path}:{lineno + i}: record has no 'type' "
                                                "field")
                     continue
-                ev = event_from_record(path, lineno + i, rec)
+                ev = event_from_record(path, lineno + i, rec, share)
                 if ev.seq <= last_seq:
                     raise TraceFormatError(f"{path}:{lineno + i}: seq {ev.seq} does not "
                                            f"follow {last_seq} (seq must increase strictly)")

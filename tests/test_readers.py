@@ -17,6 +17,7 @@ import pytest
 
 import tracesock
 from tracesock.capture import pcapng
+from tracesock.capture.join import join, join_file, load_segments
 from tracesock.cli import main
 from tracesock.lecture.show import (
     EventFilter,
@@ -352,3 +353,11 @@ def test_show_capture_of_one_socket_is_its_lines_of_the_whole(tmp_path: Path) ->
             assert any("SYN ->" in line for line in mine), sock
     assert len([line for line in cli("show", trace, "--capture", capture, "--sock", "1")[1]
                 .splitlines() if "SYN ->" in line]) == 60  # the listener's, through accept
+
+
+@pytest.mark.parametrize("keep_all", [False, True])
+@pytest.mark.parametrize("trace", GOLDEN, ids=lambda p: p.stem)
+def test_join_file_streams_the_join_of_a_loaded_trace(trace: Path, keep_all: bool) -> None:
+    segments = load_segments(str(trace.with_suffix(".pcapng")))
+    assert join_file(str(trace), segments, keep_all=keep_all) == \
+        join(tracesock.load(str(trace)), segments, keep_all=keep_all)

@@ -285,14 +285,8 @@ class CaptureSession:
         self._grace()
         dropped = self._halt()
         frames, self._frames = self._frames, []
-        from ..trace.reader import load
-        from .join import join
+        from .join import join_file
 
-        try:
-            trace = load(trace_path)
-        except TracesockError as exc:
-            raise CaptureError(f"capture not written: cannot read the trace to pick its "
-                               f"connections ({exc})") from None
         frames.sort(key=lambda f: f[0])
         index: dict[int, int] = {}
         parsed: list[Segment] = []
@@ -303,7 +297,13 @@ class CaptureSession:
                 parsed.append(seg)
         segs = relativize(parsed)
         where = {id(seg): index[n] for n, seg in enumerate(segs)}
-        joined = join(trace, segs, keep_all=self.capture_all)
+        try:  # streamed: a long trace's calls are not loaded, its sockets' set-ups are
+            joined = join_file(trace_path, segs, keep_all=self.capture_all)
+        except CaptureError:
+            raise
+        except TracesockError as exc:
+            raise CaptureError(f"capture not written: cannot read the trace to pick its "
+                               f"connections ({exc})") from None
         out = []
         for js in joined:
             t, data = frames[where[id(js.segment)]]

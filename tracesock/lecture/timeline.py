@@ -104,6 +104,7 @@ def stream_with_capture(path: str, capture_path: str,
                         ) -> tuple[list[str], Iterator[str]]:
     """``render_with_capture``'s lines for the trace at ``path``, streamed: the reader's
     warnings (known once the first pass is over, before any line), and the lines."""
+    TraceReader(path).close()  # a trace that is not one is named before the capture
     segments = load_segments(capture_path, lean=True)
     header, setups, warnings = scan(path, moves=any(_is_data(s) for s in segments))
     epoch = header_epoch(path, header)

@@ -29,7 +29,7 @@ from tracesock.lecture.show import (
     timeline_lines,
 )
 from tracesock.lecture.stats import SocketSums, scan, write_json
-from tracesock.lecture.timeline import render_with_capture
+from tracesock.lecture.timeline import render_with_capture, stream_with_capture
 from tracesock.trace.events import CallEvent
 from tracesock.trace.progress import ProgressBar
 
@@ -361,3 +361,14 @@ def test_join_file_streams_the_join_of_a_loaded_trace(trace: Path, keep_all: boo
     segments = load_segments(str(trace.with_suffix(".pcapng")))
     assert join_file(str(trace), segments, keep_all=keep_all) == \
         join(tracesock.load(str(trace)), segments, keep_all=keep_all)
+
+
+@pytest.mark.parametrize("trace", GOLDEN, ids=lambda p: p.stem)
+def test_show_capture_streamed_is_the_loaded_timeline_for_each_socket(trace: Path) -> None:
+    capture = str(trace.with_suffix(".pcapng"))
+    loaded = tracesock.load(str(trace))
+    for keep in [None, *(EventFilter(socks={s}) for s in loaded.connections),
+                 EventFilter(ops={"recv", "close"})]:
+        warnings, lines = stream_with_capture(str(trace), capture, keep)
+        assert list(lines) == list(render_with_capture(loaded, capture, keep)), keep
+        assert warnings == loaded.warnings

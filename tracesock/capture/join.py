@@ -39,7 +39,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -317,6 +317,27 @@ def join_file(trace_path: str, segments: Sequence[Segment], *,
     return resolve(joined, named_calls(trace_path, wanted)[0]) if wanted else joined
 
 
+def drawn_sockets(setups: Setups, epoch: float, segments: Iterable[Segment],
+                  socks: Collection[int]) -> tuple[set[int], bool]:
+    """The sockets whose set-ups the join needs to place the segments of ``socks``: those,
+    and every socket of a 4-tuple incarnation where one of them (or a socket one of them
+    accepted) is; and whether the join of all of them has any segment. ``setups`` may
+    be light (setups.py)."""
+    by_key = _incarnations(segments)
+    for side in sorted(_sides(setups, epoch), key=lambda s: not s.exact):
+        _pick(side, by_key)
+    drawn = set(socks)
+    joined = False
+    for incs in by_key.values():
+        for inc in incs:
+            joined = joined or bool(inc.sides)
+            here = {side.setup.sock for side in inc.sides}
+            accepted_by = {a.sock for sock in here if (a := setups.accepts.get(sock))}
+            if not here.isdisjoint(socks) or not accepted_by.isdisjoint(socks):
+                drawn |= here
+    return drawn, joined
+
+
 def join_setups(setups: Setups, epoch: float, segments: Iterable[Segment], *,
                 keep_all: bool = False) -> list[JoinedSegment]:
     """``join`` from the sockets' set-ups (setups.py) and the trace's ``epoch``. The
@@ -362,5 +383,6 @@ def load_segments(capture_path: str, *, lean: bool = False) -> list[Segment]:
                       for s in segs if s is not None)
 
 
-__all__ = ["CallRef", "JoinedSegment", "epoch_of", "header_epoch", "join", "join_file",
+__all__ = ["CallRef", "JoinedSegment", "drawn_sockets", "epoch_of", "header_epoch", "join",
+           "join_file",
            "join_setups", "load_segments", "ref_label", "resolve", "unlabelled"]

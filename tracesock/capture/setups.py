@@ -12,8 +12,10 @@ the capture, for data), not to the calls; lecture/timeline.py then streams the c
 second time for output.
 
 A listener's handshake is joined through other sockets' calls (the accept that returned
-the accepted socket, the peer's connect), so every socket's set-up is kept, whatever
-a view shows in the end.
+the accepted socket, the peer's connect), so a view of some sockets (``show --capture
+--sock N``) cannot keep only theirs: it first scans ``light`` (where every socket is, no
+labels), finds the connections that share a 4-tuple incarnation with the sockets shown
+or were accepted by them (join.drawn_sockets), and then keeps ``only`` those.
 
 ``Setups.add`` takes a CallEvent (the in-memory join feeds a loaded Trace's events);
 ``scan`` reads a file with BatchReader and builds a CallEvent only for the calls that
@@ -109,12 +111,27 @@ class SocketSetup:
 class Setups:
     """The sockets of a trace, fed one call at a time (in file order)."""
 
-    def __init__(self, moves: bool = True) -> None:
-        self.moves = moves  # keep the sends and recvs (a capture with data segments)
+    def __init__(self, moves: bool = True, only: Collection[int] | None = None,
+                 light: bool = False) -> None:
+        self.moves = moves and not light  # keep the sends and recvs (data segments)
+        self.only = only  # keep these sockets only (and the accepts that returned them)
+        self.light = light  # where the sockets are, not what they did: no labels
         self.sockets: dict[int, SocketSetup] = {}
         self.accepts: dict[int, SetupCall] = {}  # accepted socket -> the accept
 
+    def _call(self, ev: CallEvent) -> SetupCall:
+        if not self.light:
+            return setup_call(ev)
+        return SetupCall(ev.sock, ev.seq, "", ev.t, ev.dur,
+                         ev.laddr if ev.op in _CONNECT_OPS else None, ev.error is not None)
+
     def add(self, ev: CallEvent) -> None:
+        only = self.only
+        if only is not None and ev.sock not in only:
+            new = ev.extra.get("accepted") if ev.op == "accept" else None
+            if isinstance(new, int) and new in only:  # the accept names a kept socket
+                self.accepts[new] = self._call(ev)
+            return
         s = self.sockets.get(ev.sock)
         if s is None:
             s = self.sockets[ev.sock] = SocketSetup(ev.sock, ev.t, ev.dur)
@@ -137,11 +154,13 @@ class Setups:
         elif op in _CONNECT_OPS:
             s.connects = True
             if s.connect is None:
-                s.connect = setup_call(ev)
+                s.connect = self._call(ev)
         if op == "accept":
             new = ev.extra.get("accepted")
             if isinstance(new, int):
-                self.accepts[new] = setup_call(ev)
+                self.accepts[new] = self._call(ev)
+        if self.light:
+            return
         if ev.error is not None:
             s.failures.append(setup_call(ev))
             return
@@ -178,10 +197,12 @@ class Setups:
         return self
 
 
-def scan(path: str, moves: bool) -> tuple[TraceHeader, Setups, list[str]]:
+def scan(path: str, moves: bool, only: Collection[int] | None = None,
+         light: bool = False) -> tuple[TraceHeader, Setups, list[str]]:
     """One streaming pass over the trace at ``path``: its header, its sockets' set-ups
-    and the reader's warnings (those load() gives). ``moves``: keep sends and recvs."""
-    setups = Setups(moves)
+    and the reader's warnings (those load() gives). ``moves``: keep sends and recvs;
+    ``only`` and ``light``: as Setups has them."""
+    setups = Setups(moves, only, light)
     sockets = setups.sockets
     reader = BatchReader(path)
     share = Sharing()  # one "AF_INET", one "SOCK_STREAM"... for all the sockets
@@ -198,6 +219,9 @@ def scan(path: str, moves: bool) -> tuple[TraceHeader, Setups, list[str]]:
                     t: Any = rec.get("t")
                     dur: Any = rec.get("dur") or 0.0
                     s = sockets.get(sock) if type(sock) is int else None
+                    if s is None and only is not None and type(sock) is int \
+                            and sock not in only:
+                        continue  # not kept (the last pass checks the record)
                     if s is not None and type(seq) is int and seq > last_seq \
                             and type(n) is int and n > 0 and type(t) in (int, float) \
                             and type(dur) in (int, float) \

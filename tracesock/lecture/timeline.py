@@ -2,12 +2,14 @@
 one time order, each segment tagged with the calls behind it (capture/join.py joins them).
 
 Theory of operation. ``render`` lays out a loaded Trace; ``stream_with_capture`` gives the
-same lines for a trace of any size, in three streaming passes over the file that never
-hold its calls:
+same lines for a trace of any size, in up to four streaming passes over the file that
+never hold its calls:
 
 1. ``capture.setups.scan``: each socket's set-up (what the join needs: a few calls per
    socket, its failures, and the byte offsets of its sends and recvs only when the
-   capture has data segments), then the join, with the capture's segments.
+   capture has data segments), then the join, with the capture's segments. With
+   ``--sock``, a light scan first finds the connections drawn, and only their set-ups
+   are kept.
 2. Only when the join left sends and recvs unlabelled, or ``keep`` (show's filters)
    decides which segments stay: the calls the segments name, looked up by seq (no
    CallEvent built for the others), for their labels and ``keep``'s verdict. A segment
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from ..capture.join import (
     JoinedSegment,
+    drawn_sockets,
     epoch_of,
     header_epoch,
     join,
@@ -39,7 +42,7 @@ from ..capture.segments import Segment
 from ..capture.setups import named_calls, scan
 from ..trace.events import CallEvent, call_label, format_addr
 from ..trace.reader import Trace, TraceReader
-from .show import format_call, in_start_order
+from .show import EventFilter, format_call, in_start_order
 
 
 def format_segment(js: JoinedSegment) -> str:
@@ -106,12 +109,23 @@ def stream_with_capture(path: str, capture_path: str,
     warnings (known once the first pass is over, before any line), and the lines."""
     TraceReader(path).close()  # a trace that is not one is named before the capture
     segments = load_segments(capture_path, lean=True)
-    header, setups, warnings = scan(path, moves=any(_is_data(s) for s in segments))
+    moves = any(_is_data(s) for s in segments)
+    only: set[int] | None = None
+    any_joined = True
+    if isinstance(keep, EventFilter) and keep.socks is not None:
+        # Some sockets: the set-ups of their connections only (setups.py says why two).
+        header, setups, _ = scan(path, False, light=True)
+        only, any_joined = drawn_sockets(setups, header_epoch(path, header), segments,
+                                         keep.socks)
+        del setups
+    header, setups, warnings = scan(path, moves, only)
     epoch = header_epoch(path, header)
     joined = join_setups(setups, epoch, segments, keep_all=True)
     del setups, segments
-    lead = [] if joined else [f"(no segment in {capture_path} belongs to a TCP connection "
-                              f"of {path})"]
+    if only is None:
+        any_joined = bool(joined)
+    lead = [] if any_joined else [f"(no segment in {capture_path} belongs to a TCP "
+                                  f"connection of {path})"]
     if keep is not None or unlabelled(joined):
         labels, kept = named_calls(path, {ref.seq for js in joined for ref in js.calls},
                                    keep)

@@ -56,6 +56,7 @@ SLACK = 0.002
 
 Pattern = tuple[str | None, int | None]  # None: not known, matches anything
 
+
 @dataclass(frozen=True, slots=True)
 class CallRef:
     """A call a segment belongs to: socket id, the event's ``seq``, and a label."""

@@ -221,3 +221,63 @@ def test_cli_no_entropy(tmp_path: Path) -> None:
                         str(script)], check=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
         assert ('"type":"entropy"' in out.read_text()) is expected
+
+
+CLOCK_PROGRAM = textwrap.dedent("""
+    import datetime, sys, time
+    import tracesock
+
+    mode, trace = sys.argv[1:3]
+    real = datetime.datetime.now()
+    block = tracesock.trace(trace, wall_clock=True) if mode == "record" \\
+        else tracesock.replay(trace)
+    with block:
+        now = datetime.datetime.now()
+        time.sleep(0.002)
+        values = [now, datetime.datetime.utcnow(), datetime.datetime.today(),
+                  datetime.date.today(), datetime.datetime.now(datetime.timezone.utc)]
+        assert all(isinstance(v, datetime.date) for v in values)
+        assert isinstance(now, datetime.datetime) and isinstance(real, datetime.datetime)
+        assert type(now) is type(real)
+        print(*values, sep="\\n")
+    assert datetime.datetime is type(real)
+""")
+
+
+def test_datetime_now_comes_back_with_the_wall_clock(tmp_path: Path) -> None:
+    script = tmp_path / "clock.py"
+    script.write_text(CLOCK_PROGRAM)
+    trace = str(tmp_path / "clock.jsonl")
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning",
+                               str(script), mode, trace], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    recorded = run("record")
+    assert len(set(recorded.splitlines()[:3])) == 3  # each call read the clock
+    time.sleep(0.01)
+    for _ in range(3):
+        assert run("replay") == recorded
+
+
+def test_datetime_classes_are_the_real_ones_for_isinstance(tmp_path: Path) -> None:
+    import datetime as dt
+    real_datetime, real_date = dt.datetime, dt.date
+    before = dt.datetime.now()
+    with tracesock.trace(str(tmp_path / "t.jsonl"), wall_clock=True):
+        assert dt.datetime is not real_datetime
+        now, made = dt.datetime.now(), dt.datetime(2020, 1, 2)
+        assert type(now) is real_datetime and type(made) is real_datetime
+        assert isinstance(before, dt.datetime) and isinstance(now, dt.date)
+        assert issubclass(real_datetime, dt.datetime) and issubclass(dt.datetime, dt.date)
+
+        class Mine(dt.datetime):
+            pass
+
+        assert type(Mine.now()) is Mine and not isinstance(now, Mine)
+    assert (dt.datetime, dt.date) == (real_datetime, real_date)
+    with tracesock.trace(str(tmp_path / "t2.jsonl")):
+        assert dt.datetime is real_datetime  # only with the wall clock

@@ -71,7 +71,8 @@ def trace(
     ``entropy=True`` (the default) writes down the program's own nondeterministic inputs
     as it gets them (``os.urandom``, ``os.getrandom``, so ``secrets`` and ``uuid4`` too;
     the process ids; ``random``'s state at the start), for replay to give back
-    (entropy.py); ``wall_clock=True`` adds ``time.time``/``time_ns``. The trace then holds
+    (entropy.py); ``wall_clock=True`` adds ``time.time``/``time_ns`` (and ``datetime``'s
+    ``now``/``today`` through them: patching.py). The trace then holds
     them, so also the tokens and keys the program made from them. Not yet with
     ``follow_children``.
     """

@@ -281,3 +281,81 @@ def test_datetime_classes_are_the_real_ones_for_isinstance(tmp_path: Path) -> No
     assert (dt.datetime, dt.date) == (real_datetime, real_date)
     with tracesock.trace(str(tmp_path / "t2.jsonl")):
         assert dt.datetime is real_datetime  # only with the wall clock
+
+
+FAMILY_PROGRAM = textwrap.dedent("""
+    import multiprocessing, os, socket, socketserver, sys, threading, uuid
+    from pathlib import Path
+    import tracesock
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):  # in a forked child: its own random bytes and pid
+            asked = self.request.recv(100).decode()
+            reply = f"{asked} {os.urandom(4).hex()} {uuid.uuid4()} {os.getpid()} {os.getppid()}"
+            Path(folder, asked.split()[0]).write_text(reply)
+            self.request.sendall(reply.encode())
+
+    class Forking(socketserver.ForkingTCPServer):
+        allow_reuse_address = True
+
+    def ask(address, what):
+        with socket.create_connection(address) as c:
+            c.sendall(f"{what} {uuid.uuid4()}".encode())  # checked in replay
+            return c.recv(200).decode()
+
+    def spawned(address):  # a multiprocessing spawn child: a process of its own
+        print("spawned", os.urandom(3).hex(), os.getpid(), ask(address, "s"), flush=True)
+
+    if __name__ == "__main__":
+        mode, trace, port, folder = sys.argv[1:5]
+        block = tracesock.trace(trace, follow_children=True) if mode == "record" \\
+            else tracesock.replay(trace, follow_children=True)
+        with block:
+            srv = Forking(("127.0.0.1", int(port)), Handler)
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
+            t.start()
+            for n in range(3):
+                print("top", ask(srv.server_address, f"f{n}"), flush=True)
+            p = multiprocessing.get_context("spawn").Process(
+                target=spawned, args=(srv.server_address,))
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+            srv.shutdown()
+            srv.server_close()  # waits for the forked children
+            t.join()
+            print(os.getpid(), uuid.uuid4())
+        for name in sorted(os.listdir(folder)):
+            print(name, Path(folder, name).read_text())
+""")
+
+
+def test_each_child_process_gets_its_own_values_back(tmp_path: Path) -> None:
+    script = tmp_path / "family.py"
+    script.write_text(FAMILY_PROGRAM)
+    trace = str(tmp_path / "family.jsonl")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+
+    def run(mode: str) -> str:
+        folder = tmp_path / f"out-{mode}-{time.monotonic_ns()}"
+        folder.mkdir()
+        done = subprocess.run([sys.executable, str(script), mode, trace, port, str(folder)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+        # (multiprocessing's resource tracker may start too late to be replayed: a warning)
+        assert done.returncode == 0 and "error" not in done.stderr, done.stderr
+        return done.stdout
+
+    recorded = run("record")
+    lines = recorded.splitlines()
+    assert len(lines) == 9, recorded
+    replies = [line.split()[3:5] for line in lines if line.split()[0] in ("f0", "f1", "f2", "s")]
+    assert len(replies) == 4 and len({r[0] for r in replies}) == 4  # fresh bytes each
+    recs = [json.loads(line) for line in Path(trace).read_text().splitlines()]
+    pids = {r["pid"] for r in recs if r["type"] == "entropy"}
+    assert len(pids) >= 6, pids  # the top, 4 forked children, the spawned child (and
+    # multiprocessing's resource tracker)
+    for _ in range(3):
+        assert run("replay") == recorded

@@ -21,7 +21,7 @@ from ..errors import ReplayError, ReplayMismatch
 from ..patching import classes_replaced, entropy_replaced
 from .cassette import Cassette
 from .children import ReplayingChildren
-from .entropy import EntropyReplay, restore_random
+from .entropy import EntropyReplay, recorded_fields, restore_random
 from .sockets import ReplaySocket, speed_factor
 from .tls import ReplaySSLObject, ReplaySSLSocket
 
@@ -136,10 +136,11 @@ def replay(
     cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
                         sleep=sleep, ignore=list(ignore))
     cls = ReplaySocket.bound_to(cas, stand_in=True)
-    recorded = cas.header_extra.get("entropy") if entropy else None
+    recorded = recorded_fields(cas.header_extra, cas.pid) if entropy else None
     inputs = None
-    if isinstance(recorded, dict):  # a trace recorded with entropy (record/entropy.py)
-        inputs = EntropyReplay(cas, recorded)
+    if recorded is not None:  # a trace recorded with entropy (record/entropy.py)
+        inputs = EntropyReplay(cas, recorded, cas.header_extra.get("processes") or (),
+                               cas.pid)
         if isinstance(recorded.get("random"), dict):
             restore_random(recorded["random"])
     kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \

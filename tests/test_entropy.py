@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import secrets
 import socket
@@ -278,6 +279,8 @@ def test_datetime_classes_are_the_real_ones_for_isinstance(tmp_path: Path) -> No
             pass
 
         assert type(Mine.now()) is Mine and not isinstance(now, Mine)
+        for value in (now, before, dt.date.today(), dt.datetime.now(dt.timezone.utc)):
+            assert pickle.loads(pickle.dumps(value)) == value  # pickle finds the class
     assert (dt.datetime, dt.date) == (real_datetime, real_date)
     with tracesock.trace(str(tmp_path / "t2.jsonl")):
         assert dt.datetime is real_datetime  # only with the wall clock

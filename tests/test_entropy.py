@@ -287,14 +287,15 @@ def test_datetime_classes_are_the_real_ones_for_isinstance(tmp_path: Path) -> No
 
 
 FAMILY_PROGRAM = textwrap.dedent("""
-    import multiprocessing, os, socket, socketserver, sys, threading, uuid
+    import multiprocessing, os, random, socket, socketserver, sys, threading, uuid
     from pathlib import Path
     import tracesock
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):  # in a forked child: its own random bytes and pid
             asked = self.request.recv(100).decode()
-            reply = f"{asked} {os.urandom(4).hex()} {uuid.uuid4()} {os.getpid()} {os.getppid()}"
+            reply = (f"{asked} {os.urandom(4).hex()} {uuid.uuid4()} {os.getpid()} "
+                     f"{os.getppid()} {random.random()}")  # (random reseeds at a fork)
             Path(folder, asked.split()[0]).write_text(reply)
             self.request.sendall(reply.encode())
 
@@ -307,7 +308,8 @@ FAMILY_PROGRAM = textwrap.dedent("""
             return c.recv(200).decode()
 
     def spawned(address):  # a multiprocessing spawn child: a process of its own
-        print("spawned", os.urandom(3).hex(), os.getpid(), ask(address, "s"), flush=True)
+        print("spawned", os.urandom(3).hex(), os.getpid(), random.random(), ask(address, "s"),
+              flush=True)
 
     if __name__ == "__main__":
         mode, trace, port, folder = sys.argv[1:5]

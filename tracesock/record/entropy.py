@@ -79,11 +79,15 @@ class EntropyRecorder:
             self.functions.update(time=self.time, time_ns=self.time_ns)
 
     def in_forked_child(self) -> None:
-        """Number this process's threads afresh: the forking one asks first."""
+        """Number this process's threads afresh (the forking one asks first), and write
+        down ``random``'s state: ``random`` reseeds itself from the kernel in a forked
+        child (its at-fork hook, which ran before this one). The merge moves it into the
+        child's ``processes`` entry (trace/merge.py)."""
         self._pid = _getpid()
         self._local = threading.local()
         self._next_thread = 0
         self._lock = threading.Lock()
+        self._rec.note({"type": "entropy", "fn": "random", "state": random_state()})
 
     def _note(self, fn: str, fields: dict[str, Any]) -> None:
         if _getpid() != self._pid:

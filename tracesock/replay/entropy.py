@@ -15,7 +15,8 @@ gets by claiming one: children.py). A process it forks (with ``os.fork``, whose 
 hooks this counts) stands for the recorded forked child of the same rank: the n-th fork
 of a replayed process is its recorded process's n-th forked child (in the order of the
 fork: ``parent_seq``, then when it started), and from then on gets that child's values
-from its own copy of the cassette, its threads numbered afresh. A fork beyond those
+from its own copy of the cassette, its threads numbered afresh, and ``random`` set to the
+state that child's generator had after reseeding itself at the fork. A fork beyond those
 recorded, or of a process that is not replayed, gets real values.
 
 The cassette files entropy records as it reads the trace (its filing loop hands them to
@@ -125,6 +126,9 @@ class EntropyReplay:
         self._pid = _getpid()
         self._as = self._recorded_pid = kids[rank]["pid"]
         self._recorded_ppid = kids[rank].get("ppid")
+        seeded = (kids[rank].get("entropy") or {}).get("random")
+        if isinstance(seeded, dict):  # random reseeded itself in the fork (its own hook)
+            restore_random(seeded)
 
     def _recorded(self, fn: str, size: int | None) -> dict[str, Any] | None:
         """The next recorded answer of this thread, or None (then: a fresh value)."""

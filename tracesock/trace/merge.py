@@ -244,6 +244,8 @@ def merge_files(path: str, children: list[str],
                    key=lambda f: f[0].get("opened", f[0].get("epoch", 0.0)))
     for head, recs, end in files:
         pid = head.get("pid", 0)
+        seeded = [r for r in recs if r.get("fn") == "random"]  # a forked child's random
+        recs = [r for r in recs if r.get("fn") != "random"]
         calls = [r for r in recs if r["type"] == "call"]
         if not head or pid == top:
             continue
@@ -277,7 +279,8 @@ def merge_files(path: str, children: list[str],
                               "forked": bool(head.get("forked")),
                               "started": head.get("opened", head.get("epoch")),
                               "events": len(calls),
-                              "complete": end is not None, **_entropy_of(head)})
+                              "complete": end is not None,
+                              **_entropy_of(head, seeded[0]["state"] if seeded else None)})
         streams.append(_keyed(recs))
     merged = heapq.merge(*streams, key=lambda kr: kr[0])
     header = {**top_head, "processes": processes}
@@ -298,15 +301,16 @@ def merge_files(path: str, children: list[str],
     os.replace(tmp, path)
 
 
-def _entropy_of(head: dict[str, Any]) -> dict[str, Any]:
+def _entropy_of(head: dict[str, Any], seeded: Any = None) -> dict[str, Any]:
     """A process's ``entropy`` header field (its pids, random's state), for ``processes``;
-    a forked child's has its own pids, no ``random`` (it has its parent's generator as it
-    was at the fork) and ``parent_seq``, which orders the forks of one parent."""
+    a forked child's has its own pids, ``random`` as it was reseeded at the fork (its
+    ``entropy`` record ``fn: random``, ``seeded``) and ``parent_seq``, which orders the
+    forks of one parent."""
     found = head.get("entropy")
     if not isinstance(found, dict):
         return {}
     if not head.get("forked"):
         return {"entropy": found}
     return {"entropy": {"pid": head.get("pid"), "ppid": head.get("ppid"),
-                        "clock": found.get("clock", False),
+                        "clock": found.get("clock", False), "random": seeded,
                         "parent_seq": head.get("parent_seq", 0)}}

@@ -122,7 +122,9 @@ def replay(
     own nondeterministic inputs are given back (entropy.py): ``os.urandom`` and
     ``os.getrandom`` per thread in the recorded order (so ``secrets``, ``uuid4``,
     multipart boundaries...), ``os.getpid``/``getppid``, ``random``'s state at the start,
-    and ``time.time``/``time_ns`` if they were recorded; code that asks for something
+    and ``time.time``/``time_ns`` (so ``datetime.now()``) if they were recorded; in a
+    trace that followed child processes, each replayed process its own process's
+    (forked children: the recorded fork of the same rank). Code that asks for something
     else gets fresh values and the replay ends with a ReplayMismatch saying so.
 
     ``ignore=[regex, ...]`` (str or bytes patterns) blanks the matches out of what the

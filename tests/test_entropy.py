@@ -364,3 +364,44 @@ def test_each_child_process_gets_its_own_values_back(tmp_path: Path) -> None:
     # multiprocessing's resource tracker)
     for _ in range(3):
         assert run("replay") == recorded
+
+
+def test_the_merge_keeps_each_process_entropy_with_its_pid(tmp_path: Path) -> None:
+    from importlib import resources
+
+    import jsonschema
+
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path), follow_children=True):
+        os.urandom(2)
+        a, b = socket.socketpair()
+        child = os.fork()
+        if child == 0:  # a forked child: its own random bytes, after its own call
+            b.sendall(os.urandom(3))
+            os._exit(0)
+        os.waitpid(child, 0)
+        got = a.recv(10)
+        a.close()
+        b.close()
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    head = recs[0]
+    entropy = [r for r in recs if r["type"] == "entropy"]
+    assert {(r["pid"], r["size"]) for r in entropy} == {(os.getpid(), 2), (child, 3)}
+    assert base64_of(got) == next(r["data"] for r in entropy if r["pid"] == child)
+    seqs = {r["seq"]: r for r in recs if r["type"] == "call"}
+    mine = next(r for r in entropy if r["pid"] == child)
+    assert mine["after"] < next(s for s, r in seqs.items() if r["pid"] == child)
+    # ... and after the calls the parent made before the fork (the socketpair)
+    assert mine["after"] == 2 and [seqs[s]["op"] for s in (1, 2)] == ["socket", "socket"]
+    forked = next(p for p in head["processes"] if p["pid"] == child)
+    assert forked["entropy"]["pid"] == child and "words" in forked["entropy"]["random"]
+    schema = json.loads(resources.files("tracesock.trace").joinpath("schema.json")
+                        .read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for rec in recs:
+        validator.validate(rec)
+
+
+def base64_of(data: bytes) -> str:
+    import base64
+    return base64.b64encode(data).decode()

@@ -202,10 +202,12 @@ def _read(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, An
     return head, recs, end
 
 
-def _keyed(recs: list[dict[str, Any]]) -> Iterator[tuple[float, dict[str, Any]]]:
+def _keyed(recs: list[dict[str, Any]],
+           start: float = float("-inf")) -> Iterator[tuple[float, dict[str, Any]]]:
     """The records with the time they are merged by: a call's end; an entropy record
-    stays after the call its process made before it (``after``)."""
-    key = float("-inf")
+    stays after the call its process made before it (``after``), or at the process's
+    ``start`` (on the top's clock) before its first call."""
+    key = start
     for rec in recs:
         if rec["type"] == "call":
             key = rec["t"] + rec["dur"]
@@ -281,7 +283,7 @@ def merge_files(path: str, children: list[str],
                               "events": len(calls),
                               "complete": end is not None,
                               **_entropy_of(head, seeded[0]["state"] if seeded else None)})
-        streams.append(_keyed(recs))
+        streams.append(_keyed(recs, head.get("opened", head.get("epoch", epoch)) - epoch))
     merged = heapq.merge(*streams, key=lambda kr: kr[0])
     header = {**top_head, "processes": processes}
     tmp = path + ".merging"

@@ -405,3 +405,32 @@ def test_the_merge_keeps_each_process_entropy_with_its_pid(tmp_path: Path) -> No
 def base64_of(data: bytes) -> str:
     import base64
     return base64.b64encode(data).decode()
+
+
+def _forked_values(times: int) -> list[bytes]:
+    """What ``times`` forked children got from os.urandom and random, one after the other."""
+    out = []
+    for _ in range(times):
+        a, b = socket.socketpair()
+        child = os.fork()
+        if child == 0:
+            b.sendall(os.urandom(4) + str(random.random()).encode())
+            os._exit(0)
+        os.waitpid(child, 0)
+        b.close()
+        out.append(a.recv(100))
+        a.close()
+    return out
+
+
+def test_a_fork_beyond_the_recorded_ones_gets_real_values(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path, follow_children=True):
+        recorded = _forked_values(1)
+    with tracesock.replay(path, check="off"):
+        replayed = _forked_values(2)
+    assert replayed[0] == recorded[0]  # the child of the same rank: its own values
+    assert replayed[1] != recorded[0]  # none recorded: real ones
+    state = random.getstate()
+    assert _forked_values(1) != recorded  # after the block: nothing replayed
+    assert random.getstate() == state

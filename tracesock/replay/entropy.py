@@ -106,7 +106,10 @@ class EntropyReplay:
 
     def forked(self, child: bool) -> None:
         """After ``os.fork``: the parent counts it; the child stands for the recorded
-        forked child of that rank, or gets real values when there is none."""
+        forked child of that rank, or gets real values when there is none. Only while
+        the replay's block runs (its functions are the ones installed)."""
+        if os.getpid != self.getpid:
+            return
         if not child:
             if _getpid() == self._pid:
                 self._forks += 1
@@ -121,8 +124,8 @@ class EntropyReplay:
                       key=lambda p: ((p.get("entropy") or {}).get("parent_seq") or 0,
                                      p.get("started") or 0.0))
         if self._as is None or rank >= len(kids):
-            self._pid = -1  # nobody's recording: real values
-            return
+            self._pid, self._as = -1, None  # nobody's recording: real values, and so
+            return                          # for the forks it makes
         self._pid = _getpid()
         self._as = self._recorded_pid = kids[rank]["pid"]
         self._recorded_ppid = kids[rank].get("ppid")

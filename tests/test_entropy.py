@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -346,12 +347,19 @@ def test_each_child_process_gets_its_own_values_back(tmp_path: Path) -> None:
     def run(mode: str) -> str:
         folder = tmp_path / f"out-{mode}-{time.monotonic_ns()}"
         folder.mkdir()
-        done = subprocess.run([sys.executable, str(script), mode, trace, port, str(folder)],
-                              capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+        proc = subprocess.Popen([sys.executable, str(script), mode, trace, port, str(folder)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # a hang: its forked children go too
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"{mode} hung: {out}\n{err}")
         # (multiprocessing's resource tracker may start too late to be replayed: a warning)
-        assert done.returncode == 0 and "error" not in done.stderr, done.stderr
-        return done.stdout
+        assert proc.returncode == 0 and "error" not in err, err
+        return out
 
     recorded = run("record")
     lines = recorded.splitlines()

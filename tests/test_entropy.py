@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -221,3 +223,222 @@ def test_cli_no_entropy(tmp_path: Path) -> None:
                         str(script)], check=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
         assert ('"type":"entropy"' in out.read_text()) is expected
+
+
+CLOCK_PROGRAM = textwrap.dedent("""
+    import datetime, sys, time
+    import tracesock
+
+    mode, trace = sys.argv[1:3]
+    real = datetime.datetime.now()
+    block = tracesock.trace(trace, wall_clock=True) if mode == "record" \\
+        else tracesock.replay(trace)
+    with block:
+        now = datetime.datetime.now()
+        time.sleep(0.002)
+        values = [now, datetime.datetime.utcnow(), datetime.datetime.today(),
+                  datetime.date.today(), datetime.datetime.now(datetime.timezone.utc)]
+        assert all(isinstance(v, datetime.date) for v in values)
+        assert isinstance(now, datetime.datetime) and isinstance(real, datetime.datetime)
+        assert type(now) is type(real)
+        print(*values, sep="\\n")
+    assert datetime.datetime is type(real)
+""")
+
+
+def test_datetime_now_comes_back_with_the_wall_clock(tmp_path: Path) -> None:
+    script = tmp_path / "clock.py"
+    script.write_text(CLOCK_PROGRAM)
+    trace = str(tmp_path / "clock.jsonl")
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning",
+                               str(script), mode, trace], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    recorded = run("record")
+    assert len(set(recorded.splitlines()[:3])) == 3  # each call read the clock
+    time.sleep(0.01)
+    for _ in range(3):
+        assert run("replay") == recorded
+
+
+def test_datetime_classes_are_the_real_ones_for_isinstance(tmp_path: Path) -> None:
+    import datetime as dt
+    real_datetime, real_date = dt.datetime, dt.date
+    before = dt.datetime.now()
+    with tracesock.trace(str(tmp_path / "t.jsonl"), wall_clock=True):
+        assert dt.datetime is not real_datetime
+        now, made = dt.datetime.now(), dt.datetime(2020, 1, 2)
+        assert type(now) is real_datetime and type(made) is real_datetime
+        assert isinstance(before, dt.datetime) and isinstance(now, dt.date)
+        assert issubclass(real_datetime, dt.datetime) and issubclass(dt.datetime, dt.date)
+
+        class Mine(dt.datetime):
+            pass
+
+        assert type(Mine.now()) is Mine and not isinstance(now, Mine)
+        for value in (now, before, dt.date.today(), dt.datetime.now(dt.timezone.utc)):
+            assert pickle.loads(pickle.dumps(value)) == value  # pickle finds the class
+    assert (dt.datetime, dt.date) == (real_datetime, real_date)
+    with tracesock.trace(str(tmp_path / "t2.jsonl")):
+        assert dt.datetime is real_datetime  # only with the wall clock
+
+
+FAMILY_PROGRAM = textwrap.dedent("""
+    import multiprocessing, os, random, socket, socketserver, sys, threading, uuid
+    from pathlib import Path
+    import tracesock
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):  # in a forked child: its own random bytes and pid
+            asked = self.request.recv(100).decode()
+            reply = (f"{asked} {os.urandom(4).hex()} {uuid.uuid4()} {os.getpid()} "
+                     f"{os.getppid()} {random.random()}")  # (random reseeds at a fork)
+            Path(folder, asked.split()[0]).write_text(reply)
+            self.request.sendall(reply.encode())
+
+    class Forking(socketserver.ForkingTCPServer):
+        allow_reuse_address = True
+
+    def ask(address, what):
+        with socket.create_connection(address) as c:
+            c.sendall(f"{what} {uuid.uuid4()}".encode())  # checked in replay
+            return c.recv(200).decode()
+
+    def spawned(address):  # a multiprocessing spawn child: a process of its own
+        print("spawned", os.urandom(3).hex(), os.getpid(), random.random(), ask(address, "s"),
+              flush=True)
+
+    if __name__ == "__main__":
+        mode, trace, port, folder = sys.argv[1:5]
+        block = tracesock.trace(trace, follow_children=True) if mode == "record" \\
+            else tracesock.replay(trace, follow_children=True)
+        with block:
+            srv = Forking(("127.0.0.1", int(port)), Handler)
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
+            t.start()
+            for n in range(3):
+                print("top", ask(srv.server_address, f"f{n}"), flush=True)
+            p = multiprocessing.get_context("spawn").Process(
+                target=spawned, args=(srv.server_address,))
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+            srv.shutdown()
+            srv.server_close()  # waits for the forked children
+            t.join()
+            print(os.getpid(), uuid.uuid4())
+        for name in sorted(os.listdir(folder)):
+            print(name, Path(folder, name).read_text())
+""")
+
+
+def test_each_child_process_gets_its_own_values_back(tmp_path: Path) -> None:
+    script = tmp_path / "family.py"
+    script.write_text(FAMILY_PROGRAM)
+    trace = str(tmp_path / "family.jsonl")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+
+    def run(mode: str) -> str:
+        folder = tmp_path / f"out-{mode}-{time.monotonic_ns()}"
+        folder.mkdir()
+        proc = subprocess.Popen([sys.executable, str(script), mode, trace, port, str(folder)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # a hang: its forked children go too
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"{mode} hung: {out}\n{err}")
+        # (multiprocessing's resource tracker may start too late to be replayed: a warning)
+        assert proc.returncode == 0 and "error" not in err, err
+        return out
+
+    recorded = run("record")
+    lines = recorded.splitlines()
+    assert len(lines) == 9, recorded
+    replies = [line.split()[3:5] for line in lines if line.split()[0] in ("f0", "f1", "f2", "s")]
+    assert len(replies) == 4 and len({r[0] for r in replies}) == 4  # fresh bytes each
+    recs = [json.loads(line) for line in Path(trace).read_text().splitlines()]
+    pids = {r["pid"] for r in recs if r["type"] == "entropy"}
+    assert len(pids) >= 6, pids  # the top, 4 forked children, the spawned child (and
+    # multiprocessing's resource tracker)
+    for _ in range(3):
+        assert run("replay") == recorded
+
+
+def test_the_merge_keeps_each_process_entropy_with_its_pid(tmp_path: Path) -> None:
+    from importlib import resources
+
+    import jsonschema
+
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path), follow_children=True):
+        os.urandom(2)
+        a, b = socket.socketpair()
+        child = os.fork()
+        if child == 0:  # a forked child: its own random bytes, after its own call
+            b.sendall(os.urandom(3))
+            os._exit(0)
+        os.waitpid(child, 0)
+        got = a.recv(10)
+        a.close()
+        b.close()
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    head = recs[0]
+    entropy = [r for r in recs if r["type"] == "entropy"]
+    assert {(r["pid"], r["size"]) for r in entropy} == {(os.getpid(), 2), (child, 3)}
+    assert base64_of(got) == next(r["data"] for r in entropy if r["pid"] == child)
+    seqs = {r["seq"]: r for r in recs if r["type"] == "call"}
+    mine = next(r for r in entropy if r["pid"] == child)
+    assert mine["after"] < next(s for s, r in seqs.items() if r["pid"] == child)
+    # ... and after the calls the parent made before the fork (the socketpair)
+    assert mine["after"] == 2 and [seqs[s]["op"] for s in (1, 2)] == ["socket", "socket"]
+    forked = next(p for p in head["processes"] if p["pid"] == child)
+    assert forked["entropy"]["pid"] == child and "words" in forked["entropy"]["random"]
+    schema = json.loads(resources.files("tracesock.trace").joinpath("schema.json")
+                        .read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for rec in recs:
+        validator.validate(rec)
+
+
+def base64_of(data: bytes) -> str:
+    import base64
+    return base64.b64encode(data).decode()
+
+
+def _forked_values(times: int) -> list[bytes]:
+    """What ``times`` forked children got from os.urandom and random, one after the other."""
+    out = []
+    for _ in range(times):
+        a, b = socket.socketpair()
+        child = os.fork()
+        if child == 0:
+            b.sendall(os.urandom(4) + str(random.random()).encode())
+            os._exit(0)
+        os.waitpid(child, 0)
+        b.close()
+        out.append(a.recv(100))
+        a.close()
+    return out
+
+
+def test_a_fork_beyond_the_recorded_ones_gets_real_values(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    with tracesock.trace(path, follow_children=True):
+        recorded = _forked_values(1)
+    with tracesock.replay(path, check="off"):
+        replayed = _forked_values(2)
+    assert replayed[0] == recorded[0]  # the child of the same rank: its own values
+    assert replayed[1] != recorded[0]  # none recorded: real ones
+    state = random.getstate()
+    assert _forked_values(1) != recorded  # after the block: nothing replayed
+    assert random.getstate() == state

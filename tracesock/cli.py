@@ -26,7 +26,9 @@ def _add_trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-payload", type=int, metavar="N",
                    help="keep at most N bytes of each call's payload (marked truncated)")
     p.add_argument("--redact", action="append", default=[], metavar="REGEX",
-                   help="replace matches in payloads with '*' before writing (repeatable)")
+                   help="replace matches in payloads with '*' before writing (repeatable; "
+                        "not the recorded random bytes tokens may be made from: "
+                        "--no-entropy)")
     p.add_argument("--capture", metavar="CAPTURE.pcapng",
                    help="also capture the traced connections' SYN/FIN/RST segments (scapy)")
     p.add_argument("--capture-all", action="store_true",
@@ -39,9 +41,12 @@ def _add_trace_options(p: argparse.ArgumentParser) -> None:
                    help="trace the Python child processes too (fork, subprocess, "
                         "multiprocessing), merged into one trace with a pid on each call")
     p.add_argument("--no-entropy", action="store_true",
-                   help="do not record os.urandom, pids and random's state for replay")
+                   help="do not record os.urandom, pids and random's state for replay "
+                        "(with them, the trace lets a reader rebuild secrets/uuid4 tokens "
+                        "the program made)")
     p.add_argument("--wall-clock", action="store_true",
-                   help="also record time.time()/time_ns() for replay to give back")
+                   help="also record time.time()/time_ns() (and datetime.now()) for "
+                        "replay to give back")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say on stderr where the trace went, when the program ends")
 

@@ -7,8 +7,9 @@ stand-in class, so everything that builds sockets through the module attribute
 ``ssl.SSLContext`` socket and object classes are swapped alongside, and replay swaps
 ``socket.getaddrinfo`` too; and ``os.urandom``, ``os.getrandom``, ``os.getpid``/``getppid``
 (and, opt-in, ``time.time``/``time_ns``), which recording writes down and replay gives
-back (``record/entropy.py``, ``replay/entropy.py``). The originals are put back in
-``finally``, whatever the block raised. This module knows none of the classes and
+back (``record/entropy.py``, ``replay/entropy.py``). With ``time.time``, ``datetime.datetime``
+and ``datetime.date`` become the stand-ins below. The originals are
+put back in ``finally``, whatever the block raised. This module knows none of the classes and
 functions it installs: record/ and replay/ hand them in (``record/patch.py``,
 ``replay/session.py``).
 
@@ -27,6 +28,8 @@ Also here, because they are how tracesock reaches into code it does not own:
 
 from __future__ import annotations
 
+import copyreg
+import datetime
 import json
 import os
 import random
@@ -80,17 +83,108 @@ ENTROPY_SOURCES: dict[str, tuple[tuple[Any, str], ...]] = {
 @contextmanager
 def entropy_replaced(functions: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
     """Replace each of ``ENTROPY_SOURCES`` named in ``functions`` (``os.urandom``...)
-    with the function given for it, for the block."""
+    with the function given for it, for the block; with ``time``, also the ``datetime``
+    module's ``datetime`` and ``date`` classes (the stand-ins below)."""
     targets = [(owner, attr, fn) for name, fn in functions.items()
                for owner, attr in ENTROPY_SOURCES[name]]
+    reducers: dict[type, Callable[[Any], Any]] = {}
+    if "time" in functions:
+        targets += [(datetime, "datetime", DatetimeStandIn), (datetime, "date", DateStandIn)]
+        reducers = {REAL_DATETIME: _reduce_as(DatetimeStandIn),
+                    REAL_DATE: _reduce_as(DateStandIn)}
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
+    saved_reducers = {real: copyreg.dispatch_table.get(real) for real in reducers}
     try:
         for owner, attr, fn in targets:
             setattr(owner, attr, fn)
+        copyreg.dispatch_table.update(reducers)
         yield
     finally:
+        for real, reducer in saved_reducers.items():
+            if reducer is None:
+                copyreg.dispatch_table.pop(real, None)
+            else:
+                copyreg.dispatch_table[real] = reducer
         for owner, attr, original in reversed(saved):
             setattr(owner, attr, original)
+
+
+# -- the wall clock of datetime ------------------------------------------------------------
+#
+# CPython's datetime (the C one) reads the system clock itself, not through ``time.time``,
+# so recording or replaying ``time.time`` alone leaves ``datetime.now()`` real. While
+# ``time.time`` is replaced, the ``datetime`` module's ``datetime`` and ``date`` are these
+# stand-ins: ``now``/``utcnow``/``today`` derive from ``time.time()`` (the one installed
+# then), and everything else is the real class's. What they return, and what building
+# one returns, are instances of the real classes (``type(x) is`` the real class, reprs
+# as usual); ``isinstance``/``issubclass`` against a stand-in mean the real class. A real
+# instance pickles as usual (as ``datetime.datetime(state)``) through ``copyreg``: pickle
+# refuses a class that is not what its module attribute names, the stand-in is then.
+# Code that took the class before the block (``from datetime import datetime`` at import
+# time) keeps the real one, and so the real clock; so do ``time.localtime()``,
+# ``time.gmtime()`` and ``time.strftime()`` without a time.
+
+REAL_DATETIME, REAL_DATE = datetime.datetime, datetime.date
+
+
+class _ClockMeta(type):
+    """A class whose own ``_real`` is set answers ``isinstance``/``issubclass`` for it."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        real = cls.__dict__.get("_real")
+        return isinstance(obj, real) if real else type.__instancecheck__(cls, obj)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        real = cls.__dict__.get("_real")
+        return issubclass(sub, real) if real else type.__subclasscheck__(cls, sub)
+
+
+def _new(real: type) -> Any:
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if cls.__dict__.get("_real") is real:  # the stand-in itself: a real instance
+            return real(*args, **kwargs)
+        return real.__new__(cls, *args, **kwargs)  # a class the program derived from it
+    return __new__
+
+
+def _reduce_as(stand_in: type) -> Callable[[Any], Any]:
+    def reduce(value: Any) -> Any:
+        return (stand_in, value.__reduce_ex__(2)[1])
+    return reduce
+
+
+def _maker(cls: Any) -> Any:
+    """What makes the value: the real class for a stand-in, else the program's own."""
+    return cls.__dict__.get("_real") or cls
+
+
+class DatetimeStandIn(datetime.datetime, metaclass=_ClockMeta):
+    __slots__ = ()
+    __module__, __qualname__, _real = "datetime", "datetime", REAL_DATETIME
+    __new__ = _new(REAL_DATETIME)
+
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> Any:
+        return _maker(cls).fromtimestamp(time.time(), tz)
+
+    @classmethod
+    def utcnow(cls) -> Any:
+        now = _maker(cls).fromtimestamp(time.time(), datetime.timezone.utc)
+        return now.replace(tzinfo=None)
+
+    @classmethod
+    def today(cls) -> Any:
+        return _maker(cls).fromtimestamp(time.time())
+
+
+class DateStandIn(datetime.date, metaclass=_ClockMeta):
+    __slots__ = ()
+    __module__, __qualname__, _real = "datetime", "date", REAL_DATE
+    __new__ = _new(REAL_DATE)
+
+    @classmethod
+    def today(cls) -> Any:
+        return _maker(cls).fromtimestamp(time.time())
 
 
 # -- stand-in classes ---------------------------------------------------------------------

@@ -11,7 +11,8 @@ the trace (``trace/merge.py``: who merges, and how).
 - Python children started with exec (``subprocess`` running Python, ``multiprocessing``
   with spawn or forkserver): ``TRACESOCK_FOLLOW`` in the environment, and on
   ``PYTHONPATH`` the bootstrap folder (patching.py) whose ``sitecustomize`` starts
-  tracing into ``DIR/PID.jsonl`` until the child exits (``start_in_child``). A process
+  tracing into ``DIR/PID.jsonl`` until the child exits (``start_in_child``), with its
+  own entropy (entropy.py) when the trace records it. A process
   that registers after DIR was removed (a child still starting when the others were
   done, as a daemonising script leaves it) creates DIR again and is merged into the
   finished trace when it ends.
@@ -29,8 +30,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import stderr_warn
-from ..patching import child_environment, program_argv
+from ..patching import child_environment, entropy_replaced, program_argv
 from ..trace.merge import locked, merge_finished, stamp
+from .entropy import EntropyRecorder, header_fields
 from .patch import recording
 from .recorder import Recorder
 from .sink import Sink, open_sink
@@ -45,7 +47,7 @@ class Following:
     def __init__(self, path: str, folder: str, options: Mapping[str, Any], top: int) -> None:
         self.path = os.path.abspath(path)  # the program may chdir before the merge
         self.dir = folder
-        self.options = dict(options)  # payload, max_payload, redact, keylog: for exec'd children
+        self.options = dict(options)  # how to record, for exec'd children
         self.top = top  # the pid of the traced program
 
     @classmethod
@@ -109,17 +111,23 @@ def start_in_child() -> None:
     follow = Following.from_environment()
     options = dict(follow.options)
     keylog = options.pop("keylog", None)
+    entropy, clock = options.pop("entropy", False), options.pop("wall_clock", False)
     pid = os.getpid()
     follow.register(pid)
     stack = contextlib.ExitStack()
     stack.callback(follow.leave)
     try:
+        header: dict[str, Any] = {"ppid": os.getppid(), "forked": False}
+        if entropy:
+            header["entropy"] = header_fields(clock)
         rec = Recorder.open(os.path.join(follow.dir, f"{pid}.jsonl"), argv=program_argv(),
-                            fork_sink=follow.fork_sink,
-                            header={"ppid": os.getppid(), "forked": False}, **options)
+                            fork_sink=follow.fork_sink, header=header, **options)
     except BaseException:
         stack.close()
         raise
     stack.callback(rec.close)
     stack.enter_context(recording(rec, keylog=keylog))
+    if entropy:
+        stack.enter_context(entropy_replaced(
+            EntropyRecorder(rec, clock=clock, follow=True).functions))
     atexit.register(stack.close)

@@ -17,7 +17,10 @@ state of ``random``'s global generator and the process ids go into the header's
 ``os.getpid()``/``os.getppid()`` with the others. (``random`` is imported with
 tracesock, so a program that imports it inside the block gets the generator whose state
 was recorded, not one seeded then from the kernel, unseen.) Only the process that
-started the trace records: a forked child's calls go through to the real functions.
+started the trace records, unless the trace follows child processes: then a forked child
+records into its own file (its threads numbered afresh, the forking one first), and an
+exec'd child records as a process of its own (children.py); the merge keeps each
+process's records with its ``pid`` (trace/merge.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import random
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,17 +62,32 @@ def header_fields(clock: bool) -> dict[str, Any]:
 class EntropyRecorder:
     """The functions swapped in for the block, writing into ``recorder``."""
 
-    def __init__(self, recorder: Recorder, *, clock: bool = False) -> None:
+    def __init__(self, recorder: Recorder, *, clock: bool = False,
+                 follow: bool = False) -> None:
         self._rec = recorder
         self._pid = _getpid()
         self._local = threading.local()
         self._next_thread = 0
         self._lock = threading.Lock()
+        if follow:  # forked children record too, into their own file (the recorder's)
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _forked(ref))
         self.functions: dict[str, Callable[..., Any]] = {"urandom": self.urandom}
         if _getrandom is not None:
             self.functions["getrandom"] = self.getrandom
         if clock:
             self.functions.update(time=self.time, time_ns=self.time_ns)
+
+    def in_forked_child(self) -> None:
+        """Number this process's threads afresh (the forking one asks first), and write
+        down ``random``'s state: ``random`` reseeds itself from the kernel in a forked
+        child (its at-fork hook, which ran before this one). The merge moves it into the
+        child's ``processes`` entry (trace/merge.py)."""
+        self._pid = _getpid()
+        self._local = threading.local()
+        self._next_thread = 0
+        self._lock = threading.Lock()
+        self._rec.note({"type": "entropy", "fn": "random", "state": random_state()})
 
     def _note(self, fn: str, fields: dict[str, Any]) -> None:
         if _getpid() != self._pid:
@@ -100,6 +119,12 @@ class EntropyRecorder:
         value = _time_ns()
         self._note("time_ns", {"value": value})
         return value
+
+
+def _forked(ref: weakref.ref[EntropyRecorder]) -> None:
+    entropy = ref()
+    if entropy is not None:
+        entropy.in_forked_child()
 
 
 def _b64(data: bytes) -> str:

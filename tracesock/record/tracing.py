@@ -71,9 +71,10 @@ def trace(
     ``entropy=True`` (the default) writes down the program's own nondeterministic inputs
     as it gets them (``os.urandom``, ``os.getrandom``, so ``secrets`` and ``uuid4`` too;
     the process ids; ``random``'s state at the start), for replay to give back
-    (entropy.py); ``wall_clock=True`` adds ``time.time``/``time_ns``. The trace then holds
-    them, so also the tokens and keys the program made from them. Not yet with
-    ``follow_children``.
+    (entropy.py); ``wall_clock=True`` adds ``time.time``/``time_ns`` (and ``datetime``'s
+    ``now``/``today`` through them: patching.py). The trace then holds
+    them, so also the tokens and keys the program made from them; with ``follow_children``
+    every traced process's, each with its ``pid``.
     """
     warn = recorder_options.get("warn", stderr_warn)
     session: CaptureSession | None = None
@@ -84,11 +85,12 @@ def trace(
     try:
         if follow_children:
             follow = Following.create(path, {"payload": payload, "max_payload": max_payload,
-                                             "redact": list(redact), "keylog": keylog})
+                                             "redact": list(redact), "keylog": keylog,
+                                             "entropy": entropy, "wall_clock": wall_clock})
             recorder_options["fork_sink"] = follow.fork_sink
             recorder_options["header"] = {**recorder_options.get("header", {}),
                                           **follow.header}
-        if entropy and not follow_children:  # merged traces keep calls only (merge.py)
+        if entropy:
             recorder_options["header"] = {**recorder_options.get("header", {}),
                                           "entropy": header_fields(wall_clock)}
         recorder = Recorder.open(path, payload=payload, max_payload=max_payload,
@@ -101,8 +103,8 @@ def trace(
         raise
     body_failed = False
     try:
-        inputs = EntropyRecorder(recorder, clock=wall_clock).functions \
-            if entropy and not follow_children else {}
+        inputs = EntropyRecorder(recorder, clock=wall_clock, follow=follow_children).functions \
+            if entropy else {}
         with recording(recorder, keylog=keylog) as cls, entropy_replaced(inputs), \
                 (follow.environment() if follow is not None else nullcontext()):
             try:

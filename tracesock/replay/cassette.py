@@ -17,8 +17,10 @@ injected, and the socket layer (sockets.py) is told of readiness changes by call
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -71,6 +73,12 @@ class Cassette:
         self.sleep = sleep
         self.lock = threading.RLock()
         self.turn = threading.Condition(self.lock)  # a gated recv waits on it (pairs.py)
+        # A forked child replays from its copy: the lock must not be copied held by a
+        # thread that does not exist there (a forking server's other threads).
+        ref = weakref.ref(self)
+        os.register_at_fork(before=lambda: _fork_lock(ref, "acquire"),
+                            after_in_parent=lambda: _fork_lock(ref, "release"),
+                            after_in_child=lambda: _fork_lock(ref, "release"))
         self.listeners: set[Any] = set()  # recorded addresses the code listens on
         self.streams: dict[int, Stream] = {}
         self.unclaimed: list[Stream] = []
@@ -403,3 +411,10 @@ class Cassette:
         if self._reader is not None:
             self._reader.close()
         self._eof = True
+
+
+def _fork_lock(ref: weakref.ref[Cassette], how: str) -> None:
+    """Around ``os.fork``: the forking thread holds the lock, in the parent and the child."""
+    cas = ref()
+    if cas is not None:
+        getattr(cas.lock, how)()

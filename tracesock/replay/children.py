@@ -65,9 +65,9 @@ def only_process(path: str, header: Any, batches: Batches,
 
 
 def _only(batches: Batches, pids: frozenset[int]) -> Batches:
-    for lineno, batch in batches:
-        yield lineno, [r for r in batch if not isinstance(r, dict) or r.get("type") != "call"
-                       or r.get("pid") in pids]
+    for lineno, batch in batches:  # calls and entropy records carry their process's pid
+        yield lineno, [r for r in batch if not isinstance(r, dict)
+                       or r.get("type") not in ("call", "entropy") or r.get("pid") in pids]
 
 
 def _shape(argv: Iterable[str]) -> list[str]:

@@ -6,8 +6,18 @@ recorded with ``wall_clock=True``) as ``entropy`` records, each naming its threa
 the order of that thread's first such call. While replaying, patching.py swaps in the
 functions here: the n-th thread to ask gets the recorded values of the n-th recorded
 thread, in order. ``random``'s global generator is set to its recorded state when the
-block starts, and ``os.getpid()``/``os.getppid()`` answer the recorded ids (in the
-replaying process only).
+block starts, and ``os.getpid()``/``os.getppid()`` answer the recorded ids.
+
+In a trace that followed child processes every record carries its process's ``pid``,
+and each process's header fields are in its ``processes`` entry (trace/merge.py). A
+replay answers for one recorded process (``replay(process=PID)``, which an exec'd child
+gets by claiming one: children.py). A process it forks (with ``os.fork``, whose at-fork
+hooks this counts) stands for the recorded forked child of the same rank: the n-th fork
+of a replayed process is its recorded process's n-th forked child (in the order of the
+fork: ``parent_seq``, then when it started), and from then on gets that child's values
+from its own copy of the cassette, its threads numbered afresh, and ``random`` set to the
+state that child's generator had after reseeding itself at the fork. A fork beyond those
+recorded, or of a process that is not replayed, gets real values.
 
 The cassette files entropy records as it reads the trace (its filing loop hands them to
 :meth:`EntropyReplay.file`); a thread that asks before its record was read makes the
@@ -24,8 +34,9 @@ import random
 import struct
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .cassette import Cassette
@@ -45,15 +56,31 @@ def restore_random(state: Mapping[str, Any]) -> None:
     random.setstate((state["version"], words, state["gauss"]))
 
 
-class EntropyReplay:
-    """The functions swapped in for the block, answering from ``cassette``."""
+def recorded_fields(header: Mapping[str, Any], pid: int | None) -> dict[str, Any] | None:
+    """The header ``entropy`` fields of recorded process ``pid`` (its ``processes`` entry's
+    in a trace that followed children), or None: recorded without entropy."""
+    found: Any = header.get("entropy")
+    for p in header.get("processes") or ():
+        if p.get("pid") == pid:
+            found = p.get("entropy")
+    return found if isinstance(found, dict) else None
 
-    def __init__(self, cassette: Cassette, recorded: Mapping[str, Any]) -> None:
+
+class EntropyReplay:
+    """The functions swapped in for the block, answering from ``cassette``; in a trace
+    that followed children, for recorded process ``process`` (``processes``: them all)."""
+
+    def __init__(self, cassette: Cassette, recorded: Mapping[str, Any],
+                 processes: Iterable[Mapping[str, Any]] = (),
+                 process: int | None = None) -> None:
         self._cas = cassette
         self._pid = _getpid()
         self._recorded_pid = recorded.get("pid")
         self._recorded_ppid = recorded.get("ppid")
-        self._queues: dict[int, deque[dict[str, Any]]] = {}
+        self._processes = list(processes)
+        self._as = process if self._processes else None  # the pid its records carry
+        self._forks = 0
+        self._queues: dict[tuple[int | None, int], deque[dict[str, Any]]] = {}
         self._local = threading.local()
         self._next_thread = 0
         self._diverged: set[int] = set()
@@ -65,13 +92,46 @@ class EntropyReplay:
         if recorded.get("clock"):
             self.functions.update(time=self.time, time_ns=self.time_ns)
         cassette.entropy = self
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_parent=lambda: _fork(ref, child=False),
+                            after_in_child=lambda: _fork(ref, child=True))
 
     def file(self, rec: dict[str, Any]) -> None:
         """One entropy record, read from the trace (the cassette's filing loop)."""
-        queue = self._queues.get(rec["thread"])
+        key = (rec.get("pid"), rec["thread"])
+        queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[rec["thread"]] = deque()
+            queue = self._queues[key] = deque()
         queue.append(rec)
+
+    def forked(self, child: bool) -> None:
+        """After ``os.fork``: the parent counts it; the child stands for the recorded
+        forked child of that rank, or gets real values when there is none. Only while
+        the replay's block runs (its functions are the ones installed)."""
+        if os.getpid != self.getpid:
+            return
+        if not child:
+            if _getpid() == self._pid:
+                self._forks += 1
+            return
+        rank, self._forks = self._forks, 0
+        self._local = threading.local()
+        self._next_thread = 0
+        self._diverged = set()
+        self.mismatches = []
+        kids = sorted((p for p in self._processes
+                       if p.get("forked") and p.get("ppid") == self._as),
+                      key=lambda p: ((p.get("entropy") or {}).get("parent_seq") or 0,
+                                     p.get("started") or 0.0))
+        if self._as is None or rank >= len(kids):
+            self._pid, self._as = -1, None  # nobody's recording: real values, and so
+            return                          # for the forks it makes
+        self._pid = _getpid()
+        self._as = self._recorded_pid = kids[rank]["pid"]
+        self._recorded_ppid = kids[rank].get("ppid")
+        seeded = (kids[rank].get("entropy") or {}).get("random")
+        if isinstance(seeded, dict):  # random reseeded itself in the fork (its own hook)
+            restore_random(seeded)
 
     def _recorded(self, fn: str, size: int | None) -> dict[str, Any] | None:
         """The next recorded answer of this thread, or None (then: a fresh value)."""
@@ -85,9 +145,10 @@ class EntropyReplay:
                 self._next_thread += 1
             if thread in self._diverged:
                 return None
-            queue = self._queues.get(thread)
+            key = (self._as, thread)
+            queue = self._queues.get(key)
             while not queue and cas.pull():
-                queue = self._queues.get(thread)
+                queue = self._queues.get(key)
             asked = f"os.{fn}({size})" if size is not None else f"time.{fn}()"
             if not queue:
                 self._diverge(thread, f"the code asked {asked} where the recording had no "
@@ -133,3 +194,9 @@ class EntropyReplay:
         ppid = _getppid()
         return self._recorded_ppid if _getpid() == self._pid and self._recorded_ppid \
             else ppid
+
+
+def _fork(ref: weakref.ref[EntropyReplay], *, child: bool) -> None:
+    entropy = ref()
+    if entropy is not None:
+        entropy.forked(child)

@@ -21,7 +21,7 @@ from ..errors import ReplayError, ReplayMismatch
 from ..patching import classes_replaced, entropy_replaced
 from .cassette import Cassette
 from .children import ReplayingChildren
-from .entropy import EntropyReplay, restore_random
+from .entropy import EntropyReplay, recorded_fields, restore_random
 from .sockets import ReplaySocket, speed_factor
 from .tls import ReplaySSLObject, ReplaySSLSocket
 
@@ -122,7 +122,9 @@ def replay(
     own nondeterministic inputs are given back (entropy.py): ``os.urandom`` and
     ``os.getrandom`` per thread in the recorded order (so ``secrets``, ``uuid4``,
     multipart boundaries...), ``os.getpid``/``getppid``, ``random``'s state at the start,
-    and ``time.time``/``time_ns`` if they were recorded; code that asks for something
+    and ``time.time``/``time_ns`` (so ``datetime.now()``) if they were recorded; in a
+    trace that followed child processes, each replayed process its own process's
+    (forked children: the recorded fork of the same rank). Code that asks for something
     else gets fresh values and the replay ends with a ReplayMismatch saying so.
 
     ``ignore=[regex, ...]`` (str or bytes patterns) blanks the matches out of what the
@@ -136,10 +138,11 @@ def replay(
     cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
                         sleep=sleep, ignore=list(ignore))
     cls = ReplaySocket.bound_to(cas, stand_in=True)
-    recorded = cas.header_extra.get("entropy") if entropy else None
+    recorded = recorded_fields(cas.header_extra, cas.pid) if entropy else None
     inputs = None
-    if isinstance(recorded, dict):  # a trace recorded with entropy (record/entropy.py)
-        inputs = EntropyReplay(cas, recorded)
+    if recorded is not None:  # a trace recorded with entropy (record/entropy.py)
+        inputs = EntropyReplay(cas, recorded, cas.header_extra.get("processes") or (),
+                               cas.pid)
         if isinstance(recorded.get("random"), dict):
             restore_random(recorded["random"])
     kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \

@@ -22,7 +22,10 @@ is still being written. Per-process files are removed only after a merge that wr
 line: its lines are kept all the same), puts every call on the top trace's clock
 (shifted by the difference of ``epoch``), renumbers socket ids so they are unique in
 the trace (inherited ones map to the parent's), interleaves the processes by the time
-each call finished and renumbers ``seq``.
+each call finished and renumbers ``seq``. Entropy records (the program's own random
+bytes, record/entropy.py) are kept, with their process's ``pid``, each after the call
+its process made before it; each process's header ``entropy`` field goes into its
+``processes`` entry.
 """
 
 from __future__ import annotations
@@ -176,10 +179,11 @@ def settle(path: str, name: str) -> tuple[bool, str | None]:
 
 
 def _read(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+    """A process's file: its header, its call and entropy records in order, its end."""
     with open(path, "rb") as f:
         raw = f.read()
     head: dict[str, Any] = {}
-    calls: list[dict[str, Any]] = []
+    recs: list[dict[str, Any]] = []
     end = None
     for line in raw.split(b"\n"):
         if not line or line[0] == 0:
@@ -191,11 +195,23 @@ def _read(path: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, An
         kind = rec.get("type")
         if kind == "trace":
             head = rec
-        elif kind == "call":
-            calls.append(rec)
+        elif kind in ("call", "entropy"):
+            recs.append(rec)
         elif kind == "end":
             end = rec
-    return head, calls, end
+    return head, recs, end
+
+
+def _keyed(recs: list[dict[str, Any]],
+           start: float = float("-inf")) -> Iterator[tuple[float, dict[str, Any]]]:
+    """The records with the time they are merged by: a call's end; an entropy record
+    stays after the call its process made before it (``after``), or at the process's
+    ``start`` (on the top's clock) before its first call."""
+    key = start
+    for rec in recs:
+        if rec["type"] == "call":
+            key = rec["t"] + rec["dur"]
+        yield key, rec
 
 
 def merge_files(path: str, children: list[str],
@@ -206,7 +222,8 @@ def merge_files(path: str, children: list[str],
     their ``pid``, its ``processes`` grow). ``id_maps`` (pid -> its ids in the trace)
     carries the ids of processes merged earlier to their forked children, and is updated.
     """
-    top_head, top_calls, top_end = _read(path)
+    top_head, top_recs, top_end = _read(path)
+    top_calls = [r for r in top_recs if r["type"] == "call"]
     if not top_head:
         raise OSError(f"{path} has no trace header")
     id_maps = {} if id_maps is None else id_maps
@@ -215,19 +232,23 @@ def merge_files(path: str, children: list[str],
     next_id = max((c[k] for c in top_calls for k in _ID_FIELDS if isinstance(c.get(k), int)),
                   default=0)
     processes = list(top_head.get("processes") or [])
-    if not processes:  # the top's own file: it keeps its ids, its calls get its pid
-        for c in top_calls:
-            c["pid"] = top
+    if not processes:  # the top's own file: it keeps its ids, its records get its pid
+        for r in top_recs:
+            r["pid"] = top
         processes.append({"pid": top, "ppid": top_head.get("ppid"),
                           "argv": top_head.get("argv"), "forked": False, "started": epoch,
-                          "events": len(top_calls), "complete": top_end is not None})
+                          "events": len(top_calls), "complete": top_end is not None,
+                          **_entropy_of(top_head)})
     known = {p["pid"] for p in processes}
-    streams = [top_calls]
+    streams = [_keyed(top_recs)]
     lost = top_end.get("lost", 0) if top_end else 0
     files = sorted((_read(c) for c in children),
                    key=lambda f: f[0].get("opened", f[0].get("epoch", 0.0)))
-    for head, calls, end in files:
+    for head, recs, end in files:
         pid = head.get("pid", 0)
+        seeded = [r for r in recs if r.get("fn") == "random"]  # a forked child's random
+        recs = [r for r in recs if r.get("fn") != "random"]
+        calls = [r for r in recs if r["type"] == "call"]
         if not head or pid == top:
             continue
         shift = head.get("epoch", epoch) - epoch  # forked children: their parent's epoch
@@ -249,8 +270,9 @@ def merge_files(path: str, children: list[str],
                         next_id += 1
                         mapping[value] = next_id
                 c[key] = mapping[value]
-            c["pid"] = pid
             c["t"] += shift
+        for r in recs:
+            r["pid"] = pid
         id_maps[pid] = mapping
         lost += end.get("lost", 0) if end else 0
         if pid not in known:
@@ -259,18 +281,38 @@ def merge_files(path: str, children: list[str],
                               "forked": bool(head.get("forked")),
                               "started": head.get("opened", head.get("epoch")),
                               "events": len(calls),
-                              "complete": end is not None})
-        streams.append(calls)
-    merged = heapq.merge(*streams, key=lambda c: c["t"] + c["dur"])
+                              "complete": end is not None,
+                              **_entropy_of(head, seeded[0]["state"] if seeded else None)})
+        streams.append(_keyed(recs, head.get("opened", head.get("epoch", epoch)) - epoch))
+    merged = heapq.merge(*streams, key=lambda kr: kr[0])
     header = {**top_head, "processes": processes}
     tmp = path + ".merging"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     count = 0
     with os.fdopen(fd, "wb") as out:
         out.write(orjson.dumps(header, option=_OPTS))
-        for count, c in enumerate(merged, 1):
-            c["seq"] = count
-            out.write(orjson.dumps(c, option=_OPTS))
+        for _, rec in merged:
+            if rec["type"] == "call":
+                count += 1
+                rec["seq"] = count
+            else:  # entropy: after the last call written (record/entropy.py)
+                rec["after"] = count
+            out.write(orjson.dumps(rec, option=_OPTS))
         if top_end is not None:
             out.write(orjson.dumps({**top_end, "events": count, "lost": lost}, option=_OPTS))
     os.replace(tmp, path)
+
+
+def _entropy_of(head: dict[str, Any], seeded: Any = None) -> dict[str, Any]:
+    """A process's ``entropy`` header field (its pids, random's state), for ``processes``;
+    a forked child's has its own pids, ``random`` as it was reseeded at the fork (its
+    ``entropy`` record ``fn: random``, ``seeded``) and ``parent_seq``, which orders the
+    forks of one parent."""
+    found = head.get("entropy")
+    if not isinstance(found, dict):
+        return {}
+    if not head.get("forked"):
+        return {"entropy": found}
+    return {"entropy": {"pid": head.get("pid"), "ppid": head.get("ppid"),
+                        "clock": found.get("clock", False), "random": seeded,
+                        "parent_seq": head.get("parent_seq", 0)}}

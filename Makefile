@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYS_PACKAGES := libpcap0.8 tshark redis-server mariadb-server postgresql-15 mosquitto chromium
+SYS_PACKAGES := libpcap0.8 tshark redis-server mariadb-server postgresql mosquitto chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 

@@ -72,7 +72,11 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_USER = "tracesock"
 DEFAULT_PASSWORD = "tracesock-test-password"
 
-POSTGRES_BINDIR_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
+# Debian installs each major version under its own folder; the newest one is used.
+POSTGRES_BINDIR_CANDIDATES = tuple(sorted(
+    (str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")),
+    key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+    reverse=True))
 
 
 class ServerStartError(RuntimeError):
@@ -638,7 +642,7 @@ def require_binaries(cls: type[RealServer]) -> None:
     if not missing:
         return
     message = (f"{cls.name}: not installed: {', '.join(missing)} "
-               "(Debian: redis-server mariadb-server postgresql-15 mosquitto)")
+               "(Debian: redis-server mariadb-server postgresql mosquitto)")
     if "CI" in os.environ:
         pytest.fail(f"{message}; CI is set, so this is a failure, not a skip", pytrace=False)
     pytest.skip(message)

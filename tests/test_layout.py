@@ -59,10 +59,13 @@ def modules() -> dict[str, Path]:
 
 
 def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Inside the body (not the else) of ``if TYPE_CHECKING:`` / ``if typing.TYPE_CHECKING:``."""
     while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        parent = parents[node]
+        if isinstance(parent, ast.If) and node in parent.body and \
+                ast.unparse(parent.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
             return True
+        node = parent
     return False
 
 
@@ -187,19 +190,46 @@ def test_no_module_is_much_over_400_lines() -> None:
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-def test_one_place_swaps_socket_socket() -> None:
-    """Only patching.py assigns ``socket.socket``."""
-    found = []
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[ast.expr] = []
-            if isinstance(node, ast.Assign):
-                targets = node.targets
-            for t in targets:
-                for sub in ast.walk(t):
-                    if ast.unparse(sub) == "socket.socket":
-                        found.append(path.name)
-    assert set(found) == {"patching.py"}
+# What tracesock replaces in the program's world: attributes of these modules (and of
+# their classes, such as ssl.SSLContext) are only ever assigned in patching.py.
+PATCHED_MODULES = ("socket", "ssl", "os", "time", "random", "datetime", "_socket")
+
+
+def _patched_names(tree: ast.AST) -> Iterator[tuple[str, int]]:
+    """``module.attr...`` assigned (plainly, in a tuple, or by ``setattr``/``delattr``)
+    for the modules above; not ``os.environ[...]`` (a child's environment, not a swap)."""
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("setattr", "delattr") \
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+            targets = [ast.Attribute(value=node.args[0], attr=str(node.args[1].value))]
+        while targets:
+            target = targets.pop()
+            if isinstance(target, (ast.Tuple, ast.List)):
+                targets.extend(target.elts)
+            elif isinstance(target, ast.Attribute) and \
+                    ast.unparse(target).split(".")[0] in PATCHED_MODULES:
+                yield ast.unparse(target), getattr(node, "lineno", 0)
+
+
+def test_one_place_patches_the_program_s_world() -> None:
+    """Only patching.py assigns ``socket.socket``, ``ssl``'s classes, ``os.urandom``,
+    ``time.time``, ``datetime.datetime``... (also through ``setattr``)."""
+    found = sorted({(str(path.relative_to(PACKAGE)), name, line)
+                    for path in PACKAGE.rglob("*.py")
+                    for name, line in _patched_names(ast.parse(path.read_text()))})
+    assert {f for f, _, _ in found} == {"patching.py"}, found
+
+
+def test_the_patch_check_sees_assignments_and_setattr() -> None:
+    code = ("import os, socket, ssl\nsocket.socket = X\nsetattr(os, 'urandom', f)\n"
+            "ssl.SSLContext.sslsocket_class = Y\nself.socket = 1\n")
+    assert sorted(n for n, _ in _patched_names(ast.parse(code))) == [
+        "os.urandom", "socket.socket", "ssl.SSLContext.sslsocket_class"]
 
 
 def test_public_functions_win_over_subpackages() -> None:

@@ -101,6 +101,21 @@ def test_check_off_lets_other_bytes_through(recorded: tuple[Path, str, str]) -> 
     assert rep.returncode == 0 and "Hello, 대한민국!" in rep.stdout, rep.stderr
 
 
+def test_ignore_leaves_a_changed_part_out_of_the_comparison(
+        recorded: tuple[Path, str, str]) -> None:
+    """``--ignore REGEX`` (repeatable): the changed word is not compared; the recorded
+    reply is printed, as with the API's ``replay(..., ignore=[...])``."""
+    folder, port, _ = recorded
+    script = folder / "ignored.py"
+    script.write_text(ECHO_CLIENT.read_text(encoding="utf-8").replace("대한민국", "Korea"),
+                      encoding="utf-8")
+    plain = _tracesock("replay", "echo.jsonl", str(script), "127.0.0.1", port, cwd=folder)
+    assert plain.returncode == 1, plain.stderr
+    rep = _tracesock("replay", "echo.jsonl", "--ignore", "대한민국|Korea", "--ignore", "x^",
+                     str(script), "127.0.0.1", port, cwd=folder)
+    assert rep.returncode == 0 and "Hello, 대한민국!" in rep.stdout, rep.stderr
+
+
 def test_a_bad_trace_is_status_2(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text("not json\n", encoding="utf-8")
     for trace in ("bad.jsonl", "missing.jsonl"):

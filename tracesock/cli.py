@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--check", choices=("concat", "strict", "off"), default="concat",
                     help="compare what is sent: the bytes (concat, default), each call too "
                          "(strict), or nothing (off)")
+    rp.add_argument("--ignore", action="append", default=[], metavar="REGEX",
+                    help="leave what matches out of the comparison of sent bytes (request "
+                         "ids, timestamps; repeatable)")
+    rp.add_argument("--no-entropy", dest="entropy", action="store_false",
+                    help="give the program fresh os.urandom, pids and random state instead "
+                         "of the recorded ones")
+    rp.add_argument("--realtime", action="store_true",
+                    help="sleep the recorded gaps between calls")
+    rp.add_argument("--follow-children", action="store_true",
+                    help="replay the program's Python children too (each its recorded one)")
+    rp.add_argument("--process", type=int, metavar="PID",
+                    help="replay recorded process PID of a trace that followed children")
     rp.add_argument("-m", dest="module", metavar="MODULE",
                     help="run a module as 'python -m MODULE' would")
     # main() splits the program's words off first (_split_run), so argparse never sees them

@@ -77,7 +77,9 @@ def run_replayed(args: argparse.Namespace) -> int:
         raise UsageError(f"replay: cannot open trace {args.trace!r}")
     status, started = 0, False
     try:
-        with replay(args.trace, check=args.check) as rp:
+        with replay(args.trace, check=args.check, ignore=args.ignore, entropy=args.entropy,
+                    realtime=args.realtime, follow_children=args.follow_children,
+                    process=args.process) as rp:
             started = True
             try:
                 _run(script, args.module, prog_args)

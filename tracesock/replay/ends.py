@@ -22,7 +22,7 @@ it in seconds, read when tracesock is imported.
 from __future__ import annotations
 
 import os
-import threading
+from threading import Timer  # a name of ours: a test fires the timer by hand
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -56,7 +56,7 @@ def arm_stall(st: Stream) -> None:
     if last is not None and st.sendq:
         end = float(last.get("t") or 0.0) + float(last.get("dur") or 0.0)
         gap = max(0.0, float(st.sendq[-1].get("t") or 0.0) - end)
-    timer = threading.Timer(END_WAIT + 2 * gap, _stalled, (st,))
+    timer = Timer(END_WAIT + 2 * gap, _stalled, (st,))
     timer.daemon = True
     st.stall = timer
     timer.start()

@@ -186,6 +186,25 @@ def test_a_select_loop_that_owes_bytes_stalls_instead_of_hanging(
         rep.skip_final_checks()
 
 
+def test_no_stall_timer_outlives_the_replay(
+        tmp_path: Path, quiet_server: tuple[str, int]) -> None:
+    # A socket the code leaves open past the block: its stall timer (END_WAIT, seconds
+    # away) is stopped when the block ends, not left running.
+    path = tmp_path / "t.jsonl"
+    record_ask_reply_bye(path, quiet_server)
+    with tracesock.replay(path) as rep:
+        s = socket.create_connection(quiet_server)
+        s.sendall(b"ask")
+        assert s.recv(100) == REPLY
+        with selectors.DefaultSelector() as sel:
+            sel.register(s, selectors.EVENT_READ)
+            assert sel.select(0) == []  # arms the stall timer
+        assert any(isinstance(t, threading.Timer) for t in threading.enumerate())
+        rep.skip_final_checks()
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    s.close()
+
+
 def test_asyncio_that_owes_bytes_stalls_instead_of_hanging(
         tmp_path: Path, quiet_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "t.jsonl"

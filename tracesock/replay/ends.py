@@ -50,7 +50,10 @@ END_WAIT = seconds_from_env("TRACESOCK_END_WAIT", 5.0)
 
 
 def arm_stall(st: Stream) -> None:
-    """Start ``st``'s stall timer (the cassette lock held; once per stream)."""
+    """Start ``st``'s stall timer (the cassette lock held; once per stream, and not
+    after the replay block: Cassette.close stops them all)."""
+    if st.cassette.ended:
+        return
     gap = 0.0
     last = st.last
     if last is not None and st.sendq:
@@ -58,6 +61,7 @@ def arm_stall(st: Stream) -> None:
         gap = max(0.0, float(st.sendq[-1].get("t") or 0.0) - end)
     timer = Timer(END_WAIT + 2 * gap, _stalled, (st,))
     timer.daemon = True
+    timer.name = f"tracesock-stall-{st.sid}"
     st.stall = timer
     timer.start()
 

@@ -127,10 +127,8 @@ def test_a_recv_whose_bytes_never_come_raises_after_the_wait(
         reader, writer = own_pair()
         writer.send(b"x")  # one byte of the two the recording sent
         assert not readable(reader, 0.05)
-        started = time.monotonic()
         with pytest.raises(ReplayError, match=r"waited 0.2 s for bytes from connection"):
-            reader.recv(2)
-        assert time.monotonic() - started < 2
+            reader.recv(2)  # within the test's timeout: it does not wait forever
         rep.skip_final_checks()
         writer.close()
         reader.close()
@@ -257,7 +255,9 @@ def test_a_pair_made_with_connect_in_progress(tmp_path: Path) -> None:
 
 def test_a_threaded_server_in_process_replays_its_chunks(tmp_path: Path) -> None:
     # Client and server in one process: the client's recvs get the recorded chunks, in
-    # step with what the server thread sends, however the threads are scheduled.
+    # step with what the server thread sends, however the threads are scheduled. The
+    # server sends a piece only once the client acknowledged the last, so the recorded
+    # chunks are the pieces on a machine however loaded.
     path = tmp_path / "both.jsonl"
 
     def run() -> list[bytes]:
@@ -269,8 +269,8 @@ def test_a_threaded_server_in_process_replays_its_chunks(tmp_path: Path) -> None
             conn, _ = srv.accept()
             conn.recv(100)
             for piece in (b"one ", b"two ", b"three"):
-                time.sleep(0.03)
                 conn.sendall(piece)
+                conn.recv(1)  # the client's acknowledgement
             conn.close()
 
         t = threading.Thread(target=serve)
@@ -282,6 +282,7 @@ def test_a_threaded_server_in_process_replays_its_chunks(tmp_path: Path) -> None
             got.append(c.recv(100))
             if not got[-1]:
                 break
+            c.sendall(b"k")
         c.close()
         t.join(5)
         srv.close()

@@ -152,3 +152,62 @@ def test_a_bad_pattern_is_a_usage_error(recorded: tuple[str, int]) -> None:
     with pytest.raises(UsageError, match="not a valid regex"), \
             tracesock.replay(path, ignore=["("]):
         pass
+
+
+def record_parts(tmp_path: Path, port: int, *parts: bytes) -> str:
+    path = str(tmp_path / "parts.jsonl")
+    with tracesock.trace(path, entropy=False):
+        assert client(port, *parts) == RESPONSE
+    return path
+
+
+def bytewise(data: bytes) -> list[bytes]:
+    return [data[i:i + 1] for i in range(len(data))]
+
+
+END = b";end\r\n\r\n"
+SPLIT_MATCHES = {
+    # the reviewer's case: a match split across two sends, the code's longer
+    "longer": ([b"GET id=123", b"45" + END], [b"GET id=987", b"65" + END]),
+    "shorter": ([b"GET id=123", b"45" + END], [b"GET id=9", b"8" + END]),
+    "recorded-bytewise": (bytewise(b"GET id=12345" + END), [b"GET id=987", b"65" + END]),
+    "replayed-bytewise": ([b"GET id=123", b"45" + END], bytewise(b"GET id=98765" + END)),
+    "other-boundaries": ([b"GET id=1", b"2345" + END], [b"GET id=98", b"765" + END]),
+    # the first send ends where a match will start: nothing matched yet on either side
+    "match-starts-next": ([b"GET id=", b"12345" + END], [b"GET id=", b"7" + END]),
+    "header-then-value": ([b"X-Request-Id: ", b"7\r\n\r\n"],
+                          [b"X-Request-Id: ", b"12345\r\n\r\n"]),
+}
+
+
+@pytest.mark.parametrize("case", SPLIT_MATCHES)
+def test_a_match_split_across_sends(tmp_path: Path, server: int, case: str) -> None:
+    recorded, replayed = SPLIT_MATCHES[case]
+    path = record_parts(tmp_path, server, *recorded)
+    with tracesock.replay(path, ignore=IGNORE):
+        assert client(server, *replayed) == RESPONSE
+
+
+def test_a_difference_after_a_split_match_is_still_a_mismatch(
+        tmp_path: Path, server: int) -> None:
+    path = record_parts(tmp_path, server, b"GET id=123", b"45" + END)
+    with pytest.raises(ReplayMismatch, match="outside the matches") as err, \
+            tracesock.replay(path, ignore=IGNORE):
+        client(server, b"GET id=987", b"65;END\r\n\r\n")
+    assert "at byte 13 of the outgoing stream" in str(err.value)
+
+
+def test_a_long_stream_settles_as_it_goes_and_places_a_late_difference(
+        tmp_path: Path, server: int) -> None:
+    line = b"line id=7 ok\n"
+    path = record_parts(tmp_path, server, *[line] * 40, b"\r\n\r\n")
+    other = b"line id=12345 ok\n"
+    with tracesock.replay(path, ignore=IGNORE):
+        assert client(server, *bytewise(other * 40 + b"\r\n\r\n")) == RESPONSE
+    bad = [other] * 30 + [b"line id=12345 OK\n"] + [other] * 9 + [b"\r\n\r\n"]
+    with pytest.raises(ReplayMismatch, match="outside the matches") as err, \
+            tracesock.replay(path, ignore=IGNORE):
+        client(server, *bad)
+    text = str(err.value)
+    assert f"at byte {30 * len(line) + len(b'line id=7 ')} of the outgoing stream" in text
+    assert "byte 10 of it" in text

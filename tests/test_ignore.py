@@ -11,6 +11,7 @@ import pytest
 
 import tracesock
 from tracesock import ReplayMismatch, UsageError
+from tracesock.replay.ignoring import Ignoring, Spans
 
 RealSocket = socket.socket  # taken before any trace or replay swaps it
 RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -211,3 +212,47 @@ def test_a_long_stream_settles_as_it_goes_and_places_a_late_difference(
     text = str(err.value)
     assert f"at byte {30 * len(line) + len(b'line id=7 ')} of the outgoing stream" in text
     assert "byte 10 of it" in text
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def test_one_long_recorded_send_replayed_in_small_pieces(tmp_path: Path, server: int) -> None:
+    # The recorded bytes are normalized a window at a time: matches across its end,
+    # a long one among them, and a difference far in are found as with the whole.
+    def body(n: int, date: bytes) -> bytes:
+        lines = b"".join(b"line id=%d ok\n" % (i * n) for i in range(1500))
+        return lines + b"Date: " + date + b"\r\n\r\n"
+
+    path = record_parts(tmp_path, server, body(7, b"x" * 3000))
+    with tracesock.replay(path, ignore=IGNORE):
+        assert client(server, *pieces(body(12345, b"y" * 5000), 100)) == RESPONSE
+    bad = body(12345, b"y" * 5000).replace(b"id=12345000 ok", b"id=12345000 OK")
+    with pytest.raises(ReplayMismatch, match="outside the matches") as err, \
+            tracesock.replay(path, ignore=IGNORE):
+        client(server, *pieces(bad, 100))
+    offset = body(7, b"").index(b"id=7000 ok") + len(b"id=7000 ")
+    assert f"at byte {offset} of the outgoing stream" in str(err.value)
+    assert f"byte {offset} of it" in str(err.value)
+
+
+def test_the_work_per_send_does_not_grow_with_the_stream(
+        tmp_path: Path, server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counted, not timed: the bytes normalized in all stay a small multiple of the
+    # stream's, whether the code's sends are much shorter than the recorded one (the
+    # recording is normalized a window at a time) or than all sent so far (the settled
+    # bytes are dropped).
+    data = b"".join(b"line id=%d ok\n" % i for i in range(5000)) + b"\r\n\r\n"
+    path = record_parts(tmp_path, server, data)
+    normalized = [0]
+    normalize = Ignoring.normalize
+
+    def counting(self: Ignoring, raw: bytes) -> tuple[bytes, Spans]:
+        normalized[0] += len(raw)
+        return normalize(self, raw)
+
+    monkeypatch.setattr(Ignoring, "normalize", counting)
+    with tracesock.replay(path, ignore=IGNORE):
+        assert client(server, *pieces(data, 100)) == RESPONSE
+    assert normalized[0] < 20 * len(data)

@@ -123,7 +123,7 @@ class SendChecks:
         assert ig is not None
         self.ig_sent += data
         actual, a_spans = ig.normalize(self.ig_sent)
-        recorded, r_spans = ig.normalize(self.ig_rec)
+        recorded, r_spans, r_len = self._normalize_recorded(actual)
         while True:
             at = first_difference(actual, recorded)
             if at == len(actual):
@@ -147,7 +147,7 @@ class SendChecks:
             self.ig_recs.append(rec)
             self.sendq.popleft()
             self.out = None
-            recorded, r_spans = ig.normalize(self.ig_rec)
+            recorded, r_spans, r_len = self._normalize_recorded(actual)
         if at < len(actual):
             if at == len(recorded):
                 extra = self.ig_sent[raw_offset(a_spans, at):]
@@ -163,9 +163,29 @@ class SendChecks:
         done = len(self.ig_rec) if len(actual) == len(recorded) else raw_offset(r_spans, at)
         self.sent += done - self.ig_done
         self.ig_done = done
-        self._settle(_settled(at, a_spans, len(self.ig_sent), r_spans, len(self.ig_rec)),
+        self._settle(_settled(at, a_spans, len(self.ig_sent), r_spans, r_len),
                      a_spans, r_spans)
         return len(data)
+
+    def _normalize_recorded(self, actual: bytes) -> tuple[bytes, Spans, int]:
+        """The recorded bytes normalized as far as the comparison with ``actual`` needs
+        (a recorded send may be far longer than what the code sends at a time): a
+        window of them, grown until it reaches well past the first difference; and the
+        window's raw length."""
+        ig = self.cassette.ignore
+        assert ig is not None
+        rec = self.ig_rec
+        want = 2 * (len(self.ig_sent) + KEEP)
+        while True:
+            if want >= len(rec):
+                recorded, spans = ig.normalize(rec)
+                return recorded, spans, len(rec)
+            recorded, spans = ig.normalize(rec[:want])
+            # Far enough: the window goes KEEP past the difference (and past any match
+            # there), so a match that its end cuts starts after all that is compared.
+            if first_difference(actual, recorded) + len(PLACEHOLDER) + KEEP < len(recorded):
+                return recorded, spans, want
+            want *= 2
 
     def _settle(self, at: int, a_spans: Spans, r_spans: Spans) -> None:
         """Drop the bytes before normalized offset ``at`` from both sides: compared for

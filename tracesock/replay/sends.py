@@ -129,9 +129,10 @@ class SendChecks:
             if at == len(actual):
                 break
             # More of the recording is needed: it is shorter, or the code's bytes match a
-            # pattern where the recorded ones (so far) do not, maybe for want of the rest.
-            if at < len(recorded) and not (_span_at(a_spans, at) and
-                                           not _span_from(r_spans, at)):
+            # pattern where the recorded ones (so far) do not, maybe for want of the rest
+            # (not if the window left recorded bytes out: it reaches far past ``at``).
+            if at < len(recorded) and not (_span_at(a_spans, at) and r_len == len(
+                    self.ig_rec) and not _span_from(r_spans, at)):
                 break
             rec = self._head_send()
             if rec is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +257,42 @@ def test_the_work_per_send_does_not_grow_with_the_stream(
     with tracesock.replay(path, ignore=IGNORE):
         assert client(server, *pieces(data, 100)) == RESPONSE
     assert normalized[0] < 20 * len(data)
+
+
+def test_a_recorded_send_error_after_unsettled_bytes_is_raised_again(tmp_path: Path) -> None:
+    # The last bytes sent stay unsettled (they may begin a match): a recorded send error
+    # after them is still the next send's, once they match.
+    lst = RealSocket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+
+    def reset() -> None:
+        with RealSocket(fileno=lst._accept()[0]) as conn:  # type: ignore[attr-defined]
+            conn.recv(100)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def run(req_id: bytes, replaying: bool) -> list[str]:
+        t = threading.Thread(target=reset)
+        if not replaying:  # replayed, nothing connects to the real listener
+            t.start()
+        errors = []
+        with socket.create_connection(lst.getsockname()) as s:
+            s.sendall(b"GET id=" + req_id + b"\r\n\r\n")
+            if not replaying:
+                t.join(10)
+            for call in (lambda: s.recv(100), lambda: s.sendall(b"id=" + req_id)):
+                try:
+                    call()
+                except OSError as exc:
+                    errors.append(type(exc).__name__)
+        return errors
+
+    path = str(tmp_path / "reset.jsonl")
+    try:
+        with tracesock.trace(path, entropy=False):
+            recorded = run(b"7", replaying=False)
+        assert recorded == ["ConnectionResetError", "BrokenPipeError"]
+        with tracesock.replay(path, ignore=IGNORE):
+            assert run(b"12345", replaying=True) == recorded
+    finally:
+        lst.close()

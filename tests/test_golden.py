@@ -188,14 +188,16 @@ def test_backlog() -> None:
     ignored = connects[2].laddr
     syns = [s for s in segs if s.is_syn and (s.src[0], s.src[1]) == (ignored[0], ignored[1])]
     assert len(syns) >= 3  # the first SYN and at least two retransmissions, never answered
-    gaps = [b.time - a.time for a, b in itertools.pairwise(syns)]
-    assert all(0.8 < g < 2.5 for g in gaps[:2]), gaps  # about 1 s, then 1 s or 2 s
+    assert len({s.seq for s in syns}) == 1  # the same SYN again: retransmitted
+    assert all(a.time < b.time for a, b in itertools.pairwise(syns))
     assert not any(s.is_synack and (s.dst[0], s.dst[1]) == (ignored[0], ignored[1])
                    for s in segs)
     assert not any(s.is_rst for s in segs)  # dropped, not refused
-    assert 3.0 < connects[2].dur < 4.5
+    # the connect gave up (TimeoutError, above) after its retransmissions, not before
+    epoch = float(tr.header.extra["epoch"])
+    assert syns[-1].time - epoch < connects[2].t + connects[2].dur
     accepts = [e for e in tr.events if e.op == "accept"]
-    assert len(accepts) == 2 and all(a.t > connects[2].t + 3 for a in accepts)
+    assert len(accepts) == 2 and all(a.t > connects[2].t + connects[2].dur for a in accepts)
     ladder = _ladder("backlog")
     col = [c.key for c in ladder.columns].index(f"{ignored[0]}:{ignored[1]}")
     assert _walk(ladder, col) == ["CLOSED", "SYN_SENT"]  # never got further

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -138,31 +139,70 @@ def test_asyncio_past_the_end(tmp_path: Path, quiet_server: tuple[str, int],
         rep.skip_final_checks()
 
 
+class HeldTimer(threading.Timer):
+    """A stall timer that never starts: the test fires it by hand, at no wall time."""
+
+    made: ClassVar[list[HeldTimer]] = []
+
+    def start(self) -> None:
+        HeldTimer.made.append(self)
+
+    def fire(self) -> None:
+        self.function(*self.args, **self.kwargs)
+
+
+def record_ask_reply_bye(path: Path, address: tuple[str, int]) -> None:
+    with tracesock.trace(path):
+        s = socket.create_connection(address, timeout=10)
+        s.sendall(b"ask")
+        assert s.recv(100) == REPLY
+        s.sendall(b"bye")
+        s.close()
+
+
 def test_a_select_loop_that_owes_bytes_stalls_instead_of_hanging(
         tmp_path: Path, quiet_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
     # Recorded: ask, the reply, then "bye". Replayed, the code waits for more before its
     # "bye": not readable at first (the recorded program was still sending), then the
     # stall timer makes it readable and recv raises.
     path = tmp_path / "t.jsonl"
-    with tracesock.trace(path):
-        s = socket.create_connection(quiet_server, timeout=10)
-        s.sendall(b"ask")
-        assert s.recv(100) == REPLY
-        s.sendall(b"bye")
-        s.close()
-    monkeypatch.setattr(ends, "END_WAIT", 0.3)
+    record_ask_reply_bye(path, quiet_server)
+    monkeypatch.setattr(ends, "Timer", HeldTimer)
+    monkeypatch.setattr(HeldTimer, "made", [])
     with tracesock.replay(path) as rep:
         s = socket.create_connection(quiet_server)
         s.sendall(b"ask")
         assert s.recv(100) == REPLY
         with selectors.DefaultSelector() as sel:
             sel.register(s, selectors.EVENT_READ)
-            assert sel.select(0.05) == []
+            assert sel.select(0) == []
+            [timer] = HeldTimer.made
+            assert sel.select(0) == []  # however long it takes: only the timer stalls it
+            timer.fire()
             assert len(sel.select(10)) == 1
         with pytest.raises(ReplayError, match=PAST + r" \(and has yet to send 3 bytes"):
             s.recv(100)
         s.close()
         rep.skip_final_checks()
+
+
+def test_no_stall_timer_outlives_the_replay(
+        tmp_path: Path, quiet_server: tuple[str, int]) -> None:
+    # A socket the code leaves open past the block: its stall timer (END_WAIT, seconds
+    # away) is stopped when the block ends, not left running.
+    path = tmp_path / "t.jsonl"
+    record_ask_reply_bye(path, quiet_server)
+    with tracesock.replay(path) as rep:
+        s = socket.create_connection(quiet_server)
+        s.sendall(b"ask")
+        assert s.recv(100) == REPLY
+        with selectors.DefaultSelector() as sel:
+            sel.register(s, selectors.EVENT_READ)
+            assert sel.select(0) == []  # arms the stall timer
+        assert any(isinstance(t, threading.Timer) for t in threading.enumerate())
+        rep.skip_final_checks()
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    s.close()
 
 
 def test_asyncio_that_owes_bytes_stalls_instead_of_hanging(

@@ -87,6 +87,7 @@ class Cassette:
         self._reader = reader
         self._eof = False
         self._finishing = False
+        self.ended = False  # the replay block is over: no stall timer is armed (ends.py)
         self._last_seq = -1
         self.final_checks = True
         self.pid = reader.header.pid if reader is not None else None  # the top process
@@ -408,6 +409,16 @@ class Cassette:
             self.close()
 
     def close(self) -> None:
+        """The end of the replay block: its streams' stall timers (ends.py) are stopped,
+        so none outlives it for a socket the code left open."""
+        with self.lock:
+            self.ended = True
+            timers = [st.stall for st in self.streams.values() if st.stall is not None]
+            for timer in timers:
+                timer.cancel()
+        for timer in timers:  # outside the lock: a firing timer takes it
+            if timer.is_alive() and timer is not threading.current_thread():
+                timer.join()
         if self._reader is not None:
             self._reader.close()
         self._eof = True

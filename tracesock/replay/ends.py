@@ -13,28 +13,55 @@ pause before the recording's last send) after its last recv, the socket turns re
 and recv raises. Only a diverging program ever sees it fire. It is armed only for a
 socket the code has read from (not one thread per send-only socket), and not when
 replaying in real time (recorded pauses are slept, and may be long).
+
+On a slow machine the grace can be raised without touching the code: the environment
+variables ``TRACESOCK_END_WAIT`` (this one) and ``TRACESOCK_PEER_WAIT`` (pairs.py) give
+it in seconds, read when tracesock is imported.
 """
 
 from __future__ import annotations
 
-import threading
+import os
+from threading import Timer  # a name of ours: a test fires the timer by hand
 from typing import TYPE_CHECKING
+
+from ..errors import UsageError
 
 if TYPE_CHECKING:
     from .streams import Stream
 
-END_WAIT = 5.0  # seconds of grace, past the recorded pause, before the socket stalls
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A grace period in seconds: the environment variable ``name`` if set, else default."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise UsageError(f"{name}={value!r}: expected a number of seconds, 0 or more")
+    return seconds
+
+
+# seconds of grace, past the recorded pause, before the socket stalls
+END_WAIT = seconds_from_env("TRACESOCK_END_WAIT", 5.0)
 
 
 def arm_stall(st: Stream) -> None:
-    """Start ``st``'s stall timer (the cassette lock held; once per stream)."""
+    """Start ``st``'s stall timer (the cassette lock held; once per stream, and not
+    after the replay block: Cassette.close stops them all)."""
+    if st.cassette.ended:
+        return
     gap = 0.0
     last = st.last
     if last is not None and st.sendq:
         end = float(last.get("t") or 0.0) + float(last.get("dur") or 0.0)
         gap = max(0.0, float(st.sendq[-1].get("t") or 0.0) - end)
-    timer = threading.Timer(END_WAIT + 2 * gap, _stalled, (st,))
+    timer = Timer(END_WAIT + 2 * gap, _stalled, (st,))
     timer.daemon = True
+    timer.name = f"tracesock-stall-{st.sid}"
     st.stall = timer
     timer.start()
 
@@ -55,4 +82,4 @@ def owed(st: Stream) -> str:
     return f" (and has yet to send {missing} bytes the recording sent)"
 
 
-__all__ = ["END_WAIT", "arm_stall", "owed"]
+__all__ = ["END_WAIT", "arm_stall", "owed", "seconds_from_env"]

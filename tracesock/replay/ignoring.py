@@ -5,8 +5,11 @@ its randomness given back (a request id from a counter shared with other process
 timestamp from ``datetime.now()``). With ``ignore`` patterns, what the code sends and
 what the recording sent are both *normalized*: every match of any pattern becomes one
 fixed placeholder, so the two may differ in length there. The normalized concatenations
-are compared (sends.py). A mismatch is still reported in real bytes: the normalized
-offset where they differ is mapped back into each side's own bytes.
+are compared (sends.py), incrementally: bytes compared equal are *settled* and dropped,
+except the last few sent and a match that reaches the end of either side's bytes so
+far (the next send may extend it, or complete a match it only begins). A mismatch is
+still reported in real bytes: the normalized offset where they differ is mapped back
+into each side's own bytes.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ chunks stay the recorded ones, so what the code reads does not depend on timing,
 on what its own other end has done. Past its recording a gated end is not readable
 while its peer is open (the kernel would block, and the recorded program never read
 there); a blocking recv there raises ReplayError at once, and one that waits for
-bytes the peer never sends raises it after PEER_WAIT seconds.
+bytes the peer never sends raises it after PEER_WAIT seconds plus twice the recorded
+pause (from the recv's recorded start to the peer's next recorded send: a peer that
+worked that long when recorded may again), counted afresh whenever the peer sends.
 
 Pairs are found when the accept() is replayed (the accepted socket's recorded
 addresses are those of a connecting socket, reversed), and a connect to the address of
@@ -35,13 +37,16 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import ReplayError
+from .ends import seconds_from_env
 
 if TYPE_CHECKING:
     from .cassette import Cassette
     from .records import Record
     from .streams import Stream
 
-PEER_WAIT = 5.0  # seconds a blocking recv waits for bytes its in-process peer must send
+# seconds of grace a blocking recv waits, past the recorded pause, for bytes its
+# in-process peer must send (and again after each send of the peer)
+PEER_WAIT = seconds_from_env("TRACESOCK_PEER_WAIT", 5.0)
 
 
 def past_end(st: Stream) -> bool:
@@ -92,18 +97,41 @@ def gated_readable(st: Stream) -> bool:
 def wait_for_peer(st: Stream, nonblocking: bool) -> None:
     """Block (the cassette lock held) until ``st``'s next recv is due or past the end."""
     cas = st.cassette
-    deadline = time.monotonic() + PEER_WAIT
+    sent = -1
+    deadline = grace = 0.0
     while not due(st) and not past_end(st) and not st.done:
         if nonblocking:
             raise BlockingIOError(11, os.strerror(11))
+        peer_sent = st.peer.sent if st.peer is not None else 0
+        if peer_sent != sent:  # the peer made progress: its next send gets a fresh wait
+            sent = peer_sent
+            grace = PEER_WAIT + 2 * _recorded_pause(st)
+            deadline = time.monotonic() + grace
         left = deadline - time.monotonic()
         if left <= 0:
             peer = st.peer.describe() if st.peer is not None else "its accept()"
             raise ReplayError(
-                f"{cas.path}: {st.describe()}: recv waited {PEER_WAIT:g} s for bytes from "
+                f"{cas.path}: {st.describe()}: recv waited {grace:g} s for bytes from "
                 f"{peer}, in this process, that the code has not sent (received "
                 f"{st.rcvd} so far); the code diverged from the recording")
         cas.turn.wait(left)
+
+
+def _recorded_pause(st: Stream) -> float:
+    """How long the recording's peer took, from the start of ``st``'s next recorded recv,
+    to make its next send (0 if either is not known)."""
+    peer = st.peer
+    q = st.recvq
+    if peer is None or (not q and not st._more(q)):
+        return 0.0
+    head = peer._head_send()
+    if head is None:
+        return 0.0
+    try:
+        pause = float(head.get("t") or 0.0) - float(q[0][2].get("t") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, pause)
 
 
 def peer_changed(st: Stream) -> None:

@@ -14,13 +14,16 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ReplayMismatch
-from .ignoring import Spans, first_difference, raw_offset, real_diff
+from .ignoring import PLACEHOLDER, Spans, first_difference, raw_offset, real_diff
 from .records import COUNTED, Record, a2b, diff, recorded_error
 
 if TYPE_CHECKING:
     from .cassette import Cassette
 
 UNFINISHED = 256  # bytes of a match the code may send in pieces, before it is a mismatch
+# With ignore patterns, the last bytes sent are never settled (compared for good): the
+# next send may make them part of a match ("X-Id: " then "12345").
+KEEP = UNFINISHED
 
 
 class SendChecks:
@@ -120,30 +123,32 @@ class SendChecks:
         assert ig is not None
         self.ig_sent += data
         actual, a_spans = ig.normalize(self.ig_sent)
-        recorded, r_spans = ig.normalize(self.ig_rec)
+        recorded, r_spans, r_len = self._normalize_recorded(actual)
         while True:
             at = first_difference(actual, recorded)
             if at == len(actual):
                 break
             # More of the recording is needed: it is shorter, or the code's bytes match a
-            # pattern where the recorded ones (so far) do not, maybe for want of the rest.
-            if at < len(recorded) and not (_span_at(a_spans, at) and
-                                           not _span_from(r_spans, at)):
+            # pattern where the recorded ones (so far) do not, maybe for want of the rest
+            # (not if the window left recorded bytes out: it reaches far past ``at``).
+            if at < len(recorded) and not (_span_at(a_spans, at) and r_len == len(
+                    self.ig_rec) and not _span_from(r_spans, at)):
                 break
             rec = self._head_send()
             if rec is None:
                 break
             if "error" in rec:
-                if self.ig_recs or len(self.ig_sent) > len(data):
-                    break
+                before = self.ig_sent[:len(self.ig_sent) - len(data)]
+                if ig.normalize(before)[0] != ig.normalize(self.ig_rec)[0]:
+                    break  # the recorded error came after bytes this call still owes
                 self.sendq.popleft()
-                self.ig_sent = b""
+                self.ig_sent = before
                 raise recorded_error(rec["error"])
             self.ig_rec += self._expected(rec)
             self.ig_recs.append(rec)
             self.sendq.popleft()
             self.out = None
-            recorded, r_spans = ig.normalize(self.ig_rec)
+            recorded, r_spans, r_len = self._normalize_recorded(actual)
         if at < len(actual):
             if at == len(recorded):
                 extra = self.ig_sent[raw_offset(a_spans, at):]
@@ -159,14 +164,49 @@ class SendChecks:
         done = len(self.ig_rec) if len(actual) == len(recorded) else raw_offset(r_spans, at)
         self.sent += done - self.ig_done
         self.ig_done = done
-        if done == len(self.ig_rec) and len(actual) == len(recorded):  # matched whole
-            self.ig_sent = self.ig_rec = b""
-            self.ig_recs = []
-            self.ig_done = 0
+        self._settle(_settled(at, a_spans, len(self.ig_sent), r_spans, r_len),
+                     a_spans, r_spans)
         return len(data)
 
+    def _normalize_recorded(self, actual: bytes) -> tuple[bytes, Spans, int]:
+        """The recorded bytes normalized as far as the comparison with ``actual`` needs
+        (a recorded send may be far longer than what the code sends at a time): a
+        window of them, grown until it reaches well past the first difference; and the
+        window's raw length."""
+        ig = self.cassette.ignore
+        assert ig is not None
+        rec = self.ig_rec
+        want = 2 * (len(self.ig_sent) + KEEP)
+        while True:
+            if want >= len(rec):
+                recorded, spans = ig.normalize(rec)
+                return recorded, spans, len(rec)
+            recorded, spans = ig.normalize(rec[:want])
+            # Far enough: the window goes KEEP past the difference (and past any match
+            # there), so a match that its end cuts starts after all that is compared.
+            if first_difference(actual, recorded) + len(PLACEHOLDER) + KEEP < len(recorded):
+                return recorded, spans, want
+            want *= 2
+
+    def _settle(self, at: int, a_spans: Spans, r_spans: Spans) -> None:
+        """Drop the bytes before normalized offset ``at`` from both sides: compared for
+        good. Later sends normalize only what is left (not all sent so far)."""
+        if at <= 0:
+            return
+        a_cut, r_cut = raw_offset(a_spans, at), raw_offset(r_spans, at)
+        self.ig_sent = self.ig_sent[a_cut:]
+        self.ig_rec = self.ig_rec[r_cut:]
+        self.ig_done -= r_cut
+        # ig_rec starts ``skip`` bytes into ig_recs[0]: drop the records wholly settled
+        skip = sum(r.get("nbytes") or 0 for r in self.ig_recs) - len(self.ig_rec)
+        while self.ig_recs and skip >= (self.ig_recs[0].get("nbytes") or 0) and \
+                (skip or not self.ig_rec):
+            skip -= self.ig_recs.pop(0).get("nbytes") or 0
+
     def _ignoring_mismatch(self, r_at: int, a_at: int) -> None:
-        rec, off = self.ig_recs[-1], r_at
+        # ig_rec starts where the settled bytes end, part way into ig_recs[0]
+        off = r_at + sum(r.get("nbytes") or 0 for r in self.ig_recs) - len(self.ig_rec)
+        rec = self.ig_recs[-1]
         for r in self.ig_recs:
             if off < (r.get("nbytes") or 0):
                 rec = r
@@ -228,7 +268,10 @@ class SendChecks:
         # Sends of other processes (traces that followed children, "pid" on each call)
         # happen in those processes during replay (a forked child has its own copy of
         # the cassette): this process cannot see them, so it does not check them.
-        if self.ig_recs or self.ig_sent:  # ignoring: the last sends matched only in part
+        ig = self.cassette.ignore
+        if (self.ig_recs or self.ig_sent) and (ig is None or ig.normalize(
+                self.ig_sent)[0] != ig.normalize(self.ig_rec)[0]):
+            # ignoring: what is left unsettled of the last sends matched only in part
             rec = self.ig_recs[0] if self.ig_recs else (self.sendq or [{}])[0]
             return ReplayMismatch(
                 f"{self.cassette.path}: {self.describe()}: the code's last "
@@ -263,3 +306,32 @@ def _maybe_unfinished(a_spans: Spans, r_spans: Spans, at: int, tail: int) -> boo
     finished sending: the recording has one there, the code's bytes from there on
     (``tail`` of them, a few) match nothing yet."""
     return _span_at(r_spans, at) and not _span_from(a_spans, at) and tail <= UNFINISHED
+
+
+def _settled(at: int, a_spans: Spans, a_len: int, r_spans: Spans, r_len: int) -> int:
+    """How much of the normalized bytes compared equal up to ``at`` is settled: not the
+    last KEEP bytes the code sent, nor a match touching the end of either side's bytes
+    (more bytes may extend it), nor part of a placeholder."""
+    cut = min(at, _normalized(a_spans, a_len - KEEP))
+    for spans, length in ((a_spans, a_len), (r_spans, r_len)):
+        for norm_start, _, raw_end in spans:
+            if norm_start >= cut:
+                break
+            if norm_start + len(PLACEHOLDER) > cut or raw_end >= length:
+                cut = norm_start
+                break
+    return max(0, cut)
+
+
+def _normalized(spans: Spans, raw: int) -> int:
+    """Where raw offset ``raw`` falls in the normalized bytes (a match's start if in one)."""
+    if raw <= 0:
+        return 0
+    shift = 0
+    for norm_start, raw_start, raw_end in spans:
+        if raw < raw_start:
+            break
+        if raw < raw_end:
+            return norm_start
+        shift = raw_end - norm_start - len(PLACEHOLDER)
+    return raw - shift

@@ -442,3 +442,53 @@ def test_a_fork_beyond_the_recorded_ones_gets_real_values(tmp_path: Path) -> Non
     state = random.getstate()
     assert _forked_values(1) != recorded  # after the block: nothing replayed
     assert random.getstate() == state
+
+
+CAPTURE_PROGRAM = textwrap.dedent("""
+    import socket, sys, threading, time
+    import tracesock
+
+    mode, trace, pcap = sys.argv[1:]
+
+    def echo(server):
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(100):
+                conn.sendall(data)
+
+    server = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=echo, args=(server,), daemon=True).start()
+    if mode == "record":
+        block = tracesock.trace(trace, capture=pcap, capture_required=True,
+                                wall_clock=True)
+    else:
+        block = tracesock.replay(trace)
+    with block:
+        with socket.create_connection(server.getsockname()) as c:
+            for _ in range(3):  # segments for the sniffer to stamp
+                c.sendall(b"ping")
+                assert c.recv(100) == b"ping"
+        print(repr(time.time()))
+""")
+
+
+def test_the_capture_threads_clock_is_not_the_programs(tmp_path: Path) -> None:
+    script = tmp_path / "captured.py"
+    script.write_text(CAPTURE_PROGRAM)
+    trace = tmp_path / "captured.jsonl"
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, str(script), mode, str(trace),
+                               str(tmp_path / "captured.pcapng")], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if "CAP_NET_RAW" in done.stderr:
+            pytest.skip("capture needs root or CAP_NET_RAW")
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    recorded = run("record")
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    clock = [r for r in records if r["type"] == "entropy" and r["fn"] == "time"]
+    assert [r["value"] for r in clock] == [float(recorded)]  # the program's one only
+    time.sleep(0.01)
+    assert run("replay") == recorded

@@ -20,7 +20,9 @@ was recorded, not one seeded then from the kernel, unseen.) Only the process tha
 started the trace records, unless the trace follows child processes: then a forked child
 records into its own file (its threads numbered afresh, the forking one first), and an
 exec'd child records as a process of its own (children.py); the merge keeps each
-process's records with its ``pid`` (trace/merge.py).
+process's records with its ``pid`` (trace/merge.py). The threads tracesock runs itself
+(the capture's sniffer, which stamps every packet with ``time.time()``) are not the
+program's: their calls get real values and are not written down.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .recorder import Recorder
@@ -63,8 +65,9 @@ class EntropyRecorder:
     """The functions swapped in for the block, writing into ``recorder``."""
 
     def __init__(self, recorder: Recorder, *, clock: bool = False,
-                 follow: bool = False) -> None:
+                 follow: bool = False, own_threads: Collection[int] = ()) -> None:
         self._rec = recorder
+        self._own = own_threads  # tracesock's threads (the sniffer's): never written down
         self._pid = _getpid()
         self._local = threading.local()
         self._next_thread = 0
@@ -90,7 +93,7 @@ class EntropyRecorder:
         self._rec.note({"type": "entropy", "fn": "random", "state": random_state()})
 
     def _note(self, fn: str, fields: dict[str, Any]) -> None:
-        if _getpid() != self._pid:
+        if _getpid() != self._pid or threading.get_ident() in self._own:
             return
         thread = getattr(self._local, "thread", None)
         if thread is None:  # a thread's first call (a thread-local: idents are reused)

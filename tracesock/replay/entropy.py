@@ -37,8 +37,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
+from ..errors import TraceFormatError
 from .cassette import Cassette
 
 _urandom = os.urandom
@@ -47,23 +48,85 @@ _getpid = os.getpid
 _getppid = os.getppid
 _time = time.time
 _time_ns = time.time_ns
+_STATE_WORDS = 625  # random.getstate()'s: the Mersenne Twister's 624 and its position
 
 
-def restore_random(state: Mapping[str, Any]) -> None:
-    """Set ``random``'s global generator to a recorded state (record/entropy.py)."""
-    raw = binascii.a2b_base64(state["words"])
-    words = struct.unpack(f"<{len(raw) // 4}I", raw)
-    random.setstate((state["version"], words, state["gauss"]))
+def restore_random(state: tuple[Any, ...]) -> None:
+    """Set ``random``'s global generator to a state :func:`checked_fields` made."""
+    random.setstate(state)
 
 
-def recorded_fields(header: Mapping[str, Any], pid: int | None) -> dict[str, Any] | None:
+def random_state(where: str, state: Any) -> tuple[Any, ...]:
+    """The ``random.setstate`` argument of a recorded state (record/entropy.py), checked;
+    TraceFormatError naming ``where`` when it is not one."""
+    if not isinstance(state, dict):
+        raise TraceFormatError(f"{where}: 'random' must be an object")
+    version, words, gauss = state.get("version"), state.get("words"), state.get("gauss")
+    if not _is_int(version):
+        raise TraceFormatError(f"{where}: 'random.version' must be an integer")
+    if gauss is not None and (isinstance(gauss, bool) or not isinstance(gauss, (int, float))):
+        raise TraceFormatError(f"{where}: 'random.gauss' must be a number or null")
+    raw = _decode(words)
+    if raw is None or len(raw) != _STATE_WORDS * 4:
+        raise TraceFormatError(f"{where}: 'random.words' must be the base64 of "
+                               f"{_STATE_WORDS} 32-bit words")
+    mt = struct.unpack(f"<{_STATE_WORDS}I", raw)
+    if version != 3 or mt[-1] > _STATE_WORDS - 1:  # what random.setstate takes
+        raise TraceFormatError(f"{where}: 'random' is not a version 3 generator state")
+    return (version, mt, gauss)
+
+
+def checked_fields(where: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A header ``entropy`` field (record/entropy.py) with its types checked (as in
+    trace/schema.json) and its ``random`` state made ready for ``random.setstate``."""
+    out = dict(fields)
+    for key in ("pid", "ppid"):
+        if key in out and out[key] is not None and not _is_int(out[key]):
+            raise TraceFormatError(f"{where}: {key!r} must be an integer, not "
+                                   f"{out[key]!r}")
+    if "clock" in out and not isinstance(out["clock"], bool):
+        raise TraceFormatError(f"{where}: 'clock' must be true or false")
+    if "random" in out:
+        out["random"] = random_state(where, out["random"])
+    return out
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decode(text: Any) -> bytes | None:
+    """Strict base64, or None (a lenient decoder skips what is not base64)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def recorded_fields(path: str, header: Mapping[str, Any],
+                    pid: int | None) -> dict[str, Any] | None:
     """The header ``entropy`` fields of recorded process ``pid`` (its ``processes`` entry's
-    in a trace that followed children), or None: recorded without entropy."""
+    in a trace that followed children), checked, or None: recorded without entropy."""
     found: Any = header.get("entropy")
     for p in header.get("processes") or ():
-        if p.get("pid") == pid:
+        if isinstance(p, dict) and p.get("pid") == pid:
             found = p.get("entropy")
-    return found if isinstance(found, dict) else None
+    if not isinstance(found, dict):
+        return None
+    return checked_fields(f"{path}:1: header 'entropy'", found)
+
+
+def checked_processes(path: str, processes: Any) -> list[dict[str, Any]]:
+    """A header's ``processes`` entries (trace/merge.py), their ``entropy`` checked."""
+    out = []
+    for p in processes if isinstance(processes, list) else ():
+        if isinstance(p, dict) and isinstance(p.get("entropy"), dict):
+            where = f"{path}:1: header 'processes' entry of pid {p.get('pid')}: 'entropy'"
+            p = {**p, "entropy": checked_fields(where, p["entropy"])}
+        out.append(p)
+    return out
 
 
 class EntropyReplay:
@@ -97,12 +160,42 @@ class EntropyReplay:
                             after_in_child=lambda: _fork(ref, child=True))
 
     def file(self, rec: dict[str, Any]) -> None:
-        """One entropy record, read from the trace (the cassette's filing loop)."""
+        """One entropy record, read from the trace (the cassette's filing loop), its
+        value checked and decoded (TraceFormatError: the cassette names the line)."""
+        problem = self.problem(rec)
+        if problem is not None:
+            raise TraceFormatError(problem)
         key = (rec.get("pid"), rec["thread"])
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
         queue.append(rec)
+
+    @staticmethod
+    def problem(rec: dict[str, Any]) -> str | None:
+        """What is wrong with an entropy record, or None; decodes its ``data`` into
+        ``rec["bytes"]``. A record of a process's ``random`` after a fork (``fn``
+        ``random``, no thread) is the merge's business and is left alone."""
+        fn = rec.get("fn")
+        if fn == "random" and "thread" not in rec:
+            return None
+        if not _is_int(rec.get("thread")):
+            return "entropy record: 'thread' must be an integer"
+        if fn in ("urandom", "getrandom"):
+            size, data = rec.get("size"), _decode(rec.get("data"))
+            if not _is_int(size) or size < 0:
+                return f"entropy record: os.{fn}'s 'size' must be an integer >= 0"
+            if data is None or len(data) != size:
+                return (f"entropy record: os.{fn}({size})'s 'data' must be the base64 of "
+                        f"{size} bytes")
+            rec["bytes"] = data
+        elif fn in ("time", "time_ns"):
+            value = rec.get("value")
+            if isinstance(value, bool) or not isinstance(
+                    value, int if fn == "time_ns" else (int, float)):
+                return f"entropy record: time.{fn}'s 'value' must be " \
+                    f"{'an integer' if fn == 'time_ns' else 'a number'}"
+        return None  # another fn: a call asking for it finds no such record
 
     def forked(self, child: bool) -> None:
         """After ``os.fork``: the parent counts it; the child stands for the recorded
@@ -130,7 +223,7 @@ class EntropyReplay:
         self._as = self._recorded_pid = kids[rank]["pid"]
         self._recorded_ppid = kids[rank].get("ppid")
         seeded = (kids[rank].get("entropy") or {}).get("random")
-        if isinstance(seeded, dict):  # random reseeded itself in the fork (its own hook)
+        if seeded is not None:  # random reseeded itself in the fork (its own hook)
             restore_random(seeded)
 
     def _recorded(self, fn: str, size: int | None) -> dict[str, Any] | None:
@@ -147,8 +240,12 @@ class EntropyReplay:
                 return None
             key = (self._as, thread)
             queue = self._queues.get(key)
-            while not queue and cas.pull():
-                queue = self._queues.get(key)
+            try:
+                while not queue and cas.pull():
+                    queue = self._queues.get(key)
+            except TraceFormatError as exc:  # raised at the end too, if the code catches it
+                cas.errors.append(exc)
+                raise
             asked = f"os.{fn}({size})" if size is not None else f"time.{fn}()"
             if not queue:
                 self._diverge(thread, f"the code asked {asked} where the recording had no "
@@ -171,12 +268,12 @@ class EntropyReplay:
 
     def urandom(self, size: int, /) -> bytes:
         rec = self._recorded("urandom", size)
-        return _urandom(size) if rec is None else binascii.a2b_base64(rec["data"])
+        return _urandom(size) if rec is None else bytes(rec["bytes"])
 
     def getrandom(self, size: int, flags: int = 0) -> bytes:
         assert _getrandom is not None
         rec = self._recorded("getrandom", size)
-        return _getrandom(size, flags) if rec is None else binascii.a2b_base64(rec["data"])
+        return _getrandom(size, flags) if rec is None else bytes(rec["bytes"])
 
     def time(self) -> float:
         rec = self._recorded("time", None)

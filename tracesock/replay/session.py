@@ -21,7 +21,7 @@ from ..errors import ReplayError, ReplayMismatch
 from ..patching import classes_replaced, entropy_replaced
 from .cassette import Cassette
 from .children import ReplayingChildren
-from .entropy import EntropyReplay, recorded_fields, restore_random
+from .entropy import EntropyReplay, checked_processes, recorded_fields, restore_random
 from .sockets import ReplaySocket, speed_factor
 from .tls import ReplaySSLObject, ReplaySSLSocket
 
@@ -137,16 +137,20 @@ def replay(
     speed = speed_factor(realtime)
     cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
                         sleep=sleep, ignore=list(ignore))
-    cls = ReplaySocket.bound_to(cas, stand_in=True)
-    recorded = recorded_fields(cas.header_extra, cas.pid) if entropy else None
-    inputs = None
-    if recorded is not None:  # a trace recorded with entropy (record/entropy.py)
-        inputs = EntropyReplay(cas, recorded, cas.header_extra.get("processes") or (),
-                               cas.pid)
-        if isinstance(recorded.get("random"), dict):
-            restore_random(recorded["random"])
-    kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \
-        if follow_children else None
+    try:  # a trace whose entropy cannot be given back: the file is not left open
+        cls = ReplaySocket.bound_to(cas, stand_in=True)
+        recorded = recorded_fields(name, cas.header_extra, cas.pid) if entropy else None
+        inputs = None
+        if recorded is not None:  # a trace recorded with entropy (record/entropy.py)
+            processes = checked_processes(name, cas.header_extra.get("processes"))
+            inputs = EntropyReplay(cas, recorded, processes, cas.pid)
+            if recorded.get("random") is not None:
+                restore_random(recorded["random"])
+        kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \
+            if follow_children else None
+    except BaseException:
+        cas.close()
+        raise
     try:
         with replacing(cls, getaddrinfo=_Resolver(cas, socket.getaddrinfo)), \
                 entropy_replaced(inputs.functions if inputs is not None else {}), \

@@ -492,3 +492,39 @@ def test_the_capture_threads_clock_is_not_the_programs(tmp_path: Path) -> None:
     assert [r["value"] for r in clock] == [float(recorded)]  # the program's one only
     time.sleep(0.01)
     assert run("replay") == recorded
+
+
+BAD_CALLS: list[tuple[str, tuple[object, ...], dict[str, object]]] = [
+    ("urandom", (-1,), {}), ("urandom", ("x",), {}), ("urandom", (), {"size": 3}),
+    ("urandom", (), {}), ("urandom", (1, 2), {}),
+]
+if hasattr(os, "getrandom"):
+    BAD_CALLS += [("getrandom", (-1,), {}), ("getrandom", ("x",), {}),
+                  ("getrandom", (3, "a"), {}), ("getrandom", (), {"flags": 0}),
+                  ("getrandom", (3,), {"flags": 0, "x": 1})]
+
+
+def _failures() -> list[str]:
+    out = []
+    for fn, args, kwargs in BAD_CALLS:
+        try:
+            getattr(os, fn)(*args, **kwargs)
+        except (TypeError, ValueError, OSError) as exc:  # getrandom(-1): EINVAL
+            out.append(f"{type(exc).__name__}: {exc}")
+        else:
+            out.append("no error")
+    return out
+
+
+def test_calls_that_raise_raise_as_the_real_ones_and_use_no_record(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    real = _failures()
+    assert "no error" not in real
+    with tracesock.trace(path):
+        assert _failures() == real
+        recorded = os.urandom(4), os.urandom(True)  # an index: its size is 1
+    with tracesock.replay(path):  # no ReplayMismatch: the failed calls took no record
+        assert _failures() == real
+        assert (os.urandom(4), os.urandom(True)) == recorded
+    sizes = [json.loads(line).get("size") for line in Path(path).read_text().splitlines()]
+    assert [s for s in sizes if s is not None] == [4, 1]

@@ -37,6 +37,7 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
+from ..patching import getrandom_args, urandom_size
 from .recorder import Recorder
 
 _urandom = os.urandom
@@ -102,15 +103,21 @@ class EntropyRecorder:
                 self._next_thread += 1
         self._rec.note({"type": "entropy", "thread": thread, "fn": fn, **fields})
 
-    def urandom(self, size: int, /) -> bytes:
+    def urandom(self, *args: Any, **kwargs: Any) -> bytes:
+        size = urandom_size(args, kwargs)
+        if size is None:  # what the real one raises, as it raises it: no bytes given
+            return _urandom(*args, **kwargs)
         data = _urandom(size)
         self._note("urandom", {"size": size, "data": _b64(data)})
         return data
 
-    def getrandom(self, size: int, flags: int = 0) -> bytes:
+    def getrandom(self, *args: Any, **kwargs: Any) -> bytes:
         assert _getrandom is not None
-        data = _getrandom(size, flags)
-        self._note("getrandom", {"size": size, "data": _b64(data)})
+        call = getrandom_args(args, kwargs)
+        if call is None:
+            return _getrandom(*args, **kwargs)
+        data = _getrandom(*call)
+        self._note("getrandom", {"size": call[0], "data": _b64(data)})
         return data
 
     def time(self) -> float:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeGuard
 
 from ..errors import TraceFormatError
+from ..patching import getrandom_args, urandom_size
 from .cassette import Cassette
 
 _urandom = os.urandom
@@ -266,14 +267,20 @@ class EntropyReplay:
         self.mismatches.append(f"{self._cas.path}: {what} (thread {thread}; it got fresh "
                                "values from then on)")
 
-    def urandom(self, size: int, /) -> bytes:
+    def urandom(self, *args: Any, **kwargs: Any) -> bytes:
+        size = urandom_size(args, kwargs)
+        if size is None:  # raises as the real one does; the recording has no such call
+            return _urandom(*args, **kwargs)
         rec = self._recorded("urandom", size)
         return _urandom(size) if rec is None else bytes(rec["bytes"])
 
-    def getrandom(self, size: int, flags: int = 0) -> bytes:
+    def getrandom(self, *args: Any, **kwargs: Any) -> bytes:
         assert _getrandom is not None
-        rec = self._recorded("getrandom", size)
-        return _getrandom(size, flags) if rec is None else bytes(rec["bytes"])
+        call = getrandom_args(args, kwargs)
+        if call is None:
+            return _getrandom(*args, **kwargs)
+        rec = self._recorded("getrandom", call[0])
+        return _getrandom(*call) if rec is None else bytes(rec["bytes"])
 
     def time(self) -> float:
         rec = self._recorded("time", None)

@@ -65,7 +65,7 @@ CLIENT = textwrap.dedent("""
     import tracesock
 
     mode, trace, url = sys.argv[1:4]
-    block = tracesock.trace(trace) if mode == "record" else tracesock.replay(trace)
+    block = tracesock.trace(trace) if mode == "record" else tracesock.replay(trace, pids=True)
     with block:
         r = requests.post(url, files={"f": ("a.txt", b"hello")}, data={"k": "v"},
                           timeout=10)
@@ -315,7 +315,7 @@ FAMILY_PROGRAM = textwrap.dedent("""
     if __name__ == "__main__":
         mode, trace, port, folder = sys.argv[1:5]
         block = tracesock.trace(trace, follow_children=True) if mode == "record" \\
-            else tracesock.replay(trace, follow_children=True)
+            else tracesock.replay(trace, follow_children=True, pids=True)
         with block:
             srv = Forking(("127.0.0.1", int(port)), Handler)
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
@@ -528,3 +528,51 @@ def test_calls_that_raise_raise_as_the_real_ones_and_use_no_record(tmp_path: Pat
         assert (os.urandom(4), os.urandom(True)) == recorded
     sizes = [json.loads(line).get("size") for line in Path(path).read_text().splitlines()]
     assert [s for s in sizes if s is not None] == [4, 1]
+
+
+def _child_sees() -> tuple[int, int]:
+    """(os.getpid(), a forked child's os.getppid())."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, str(os.getppid()).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        seen = int(f.read())
+    os.waitpid(child, 0)
+    return os.getpid(), seen
+
+
+@pytest.mark.parametrize("pids", [False, True])
+def test_a_forked_childs_parent_is_its_parents_pid(tmp_path: Path, pids: bool) -> None:
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path)):
+        pass
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0]["entropy"]["pid"] = 1 << 22  # another process: no real pid is that
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with tracesock.replay(str(path), pids=pids):
+        parent, seen = _child_sees()
+        assert parent == (1 << 22 if pids else ORIGINAL_GETPID())
+        assert seen == parent
+
+
+def _nothing() -> None:
+    pass
+
+
+def test_a_process_made_before_the_block_starts_and_joins_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path)):
+        pass
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0]["entropy"]["pid"] = 1 << 22  # recorded in another process
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=_nothing)
+    with tracesock.replay(str(path)):  # it checks os.getpid() against its maker's
+        proc.start()
+        proc.join()
+    assert proc.exitcode == 0

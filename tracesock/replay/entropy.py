@@ -6,7 +6,12 @@ recorded with ``wall_clock=True``) as ``entropy`` records, each naming its threa
 the order of that thread's first such call. While replaying, patching.py swaps in the
 functions here: the n-th thread to ask gets the recorded values of the n-th recorded
 thread, in order. ``random``'s global generator is set to its recorded state when the
-block starts, and ``os.getpid()``/``os.getppid()`` answer the recorded ids.
+block starts. ``os.getpid()``/``os.getppid()`` answer the recorded ids only where the
+replay covers the process's whole life (``pids=True``: the CLI, followed children, and
+forked children of the block): objects made before the block keep the real pid and
+compare it (multiprocessing, fork-detecting pools), so a block that starts mid-life
+leaves them real. A forked child's ``getppid()`` is its parent's ``getpid()`` answer,
+as long as that parent is its real parent.
 
 In a trace that followed child processes every record carries its process's ``pid``,
 and each process's header fields are in its ``processes`` entry (trace/merge.py). A
@@ -37,7 +42,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 from ..errors import TraceFormatError
 from ..patching import getrandom_args, urandom_size
@@ -136,11 +141,19 @@ class EntropyReplay:
 
     def __init__(self, cassette: Cassette, recorded: Mapping[str, Any],
                  processes: Iterable[Mapping[str, Any]] = (),
-                 process: int | None = None) -> None:
+                 process: int | None = None, *,
+                 pids: bool | Literal["self"] = False) -> None:
         self._cas = cassette
-        self._pid = _getpid()
-        self._recorded_pid = recorded.get("pid")
-        self._recorded_ppid = recorded.get("ppid")
+        self._pid = _getpid()  # the process whose recorded values this one gives (or -1)
+        # What os.getpid()/getppid() answer: in process _me, _shown (None: the real pid),
+        # and while its real parent is _parent[0], _parent[1] (what the parent's answer).
+        self._me = self._pid
+        self._shown: int | None = None
+        self._parent: tuple[int, int] | None = None
+        if pids and isinstance(recorded.get("pid"), int):
+            self._shown = recorded["pid"]
+            if pids is True and isinstance(recorded.get("ppid"), int):
+                self._parent = (_getppid(), recorded["ppid"])
         self._processes = list(processes)
         self._as = process if self._processes else None  # the pid its records carry
         self._forks = 0
@@ -209,6 +222,10 @@ class EntropyReplay:
                 self._forks += 1
             return
         rank, self._forks = self._forks, 0
+        real_parent = _getppid()  # the child's parent is the parent's os.getpid()
+        shown = self._shown if self._shown is not None and real_parent == self._me \
+            else real_parent
+        self._me, self._shown, self._parent = _getpid(), None, (real_parent, shown)
         self._local = threading.local()
         self._next_thread = 0
         self._diverged = set()
@@ -221,8 +238,9 @@ class EntropyReplay:
             self._pid, self._as = -1, None  # nobody's recording: real values, and so
             return                          # for the forks it makes
         self._pid = _getpid()
-        self._as = self._recorded_pid = kids[rank]["pid"]
-        self._recorded_ppid = kids[rank].get("ppid")
+        self._as = kids[rank]["pid"]
+        if isinstance(self._as, int) and self._as != shown:  # its life is all replayed
+            self._shown = self._as
         seeded = (kids[rank].get("entropy") or {}).get("random")
         if seeded is not None:  # random reseeded itself in the fork (its own hook)
             restore_random(seeded)
@@ -292,12 +310,13 @@ class EntropyReplay:
 
     def getpid(self) -> int:
         pid = _getpid()
-        return self._recorded_pid if pid == self._pid and self._recorded_pid else pid
+        return self._shown if self._shown is not None and pid == self._me else pid
 
     def getppid(self) -> int:
-        ppid = _getppid()
-        return self._recorded_ppid if _getpid() == self._pid and self._recorded_ppid \
-            else ppid
+        ppid, parent = _getppid(), self._parent
+        if parent is not None and ppid == parent[0] and _getpid() == self._me:
+            return parent[1]
+        return ppid
 
 
 def _fork(ref: weakref.ref[EntropyReplay], *, child: bool) -> None:

@@ -77,7 +77,7 @@ def run_replayed(args: argparse.Namespace) -> int:
         raise UsageError(f"replay: cannot open trace {args.trace!r}")
     status, started = 0, False
     try:
-        with replay(args.trace, check=args.check) as rp:
+        with replay(args.trace, check=args.check, pids=True) as rp:  # all its life
             started = True
             try:
                 _run(script, args.module, prog_args)

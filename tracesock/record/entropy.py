@@ -88,6 +88,7 @@ class EntropyRecorder:
         child (its at-fork hook, which ran before this one). The merge moves it into the
         child's ``processes`` entry (trace/merge.py)."""
         self._pid = _getpid()
+        self._own = ()  # none of tracesock's threads here; a new one may reuse an ident
         self._local = threading.local()
         self._next_thread = 0
         self._lock = threading.Lock()

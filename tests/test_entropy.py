@@ -576,3 +576,18 @@ def test_a_process_made_before_the_block_starts_and_joins_in_it(tmp_path: Path) 
         proc.start()
         proc.join()
     assert proc.exitcode == 0
+
+
+def test_a_random_state_record_left_in_a_trace_is_passed_over(tmp_path: Path) -> None:
+    """A forked child's file writes down random's state after the fork (no thread);
+    the merge moves it, but a trace that still holds one replays."""
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path)):
+        recorded = os.urandom(4)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    extra = {"type": "entropy", "fn": "random", "state": header["entropy"]["random"],
+             "after": 0}
+    path.write_text("\n".join([lines[0], json.dumps(extra), *lines[1:]]) + "\n")
+    with tracesock.replay(str(path)):
+        assert os.urandom(4) == recorded

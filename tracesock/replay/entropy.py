@@ -179,6 +179,8 @@ class EntropyReplay:
         problem = self.problem(rec)
         if problem is not None:
             raise TraceFormatError(problem)
+        if "thread" not in rec:  # a forked child's random, not merged: nobody asks for it
+            return
         key = (rec.get("pid"), rec["thread"])
         queue = self._queues.get(key)
         if queue is None:

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -349,7 +350,10 @@ BAD_ENTROPY = {
 
 
 @pytest.mark.parametrize("case", BAD_ENTROPY)
-def test_bad_entropy_is_one_line_naming_file_and_line(case: str, tmp_path: Path) -> None:
+def test_bad_entropy_is_one_line_naming_file_and_line(case: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the replayed script sets path[0]
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # and argv, as python would
     damage, where = BAD_ENTROPY[case]
     records, script = _entropy_trace(tmp_path)
     damage(records)  # type: ignore[operator]

@@ -14,11 +14,14 @@ with a bounded number of examples, so the suite takes the same few seconds every
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import io
 import json
 import os
+import re
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,3 +293,75 @@ def test_the_seeds_themselves_load_and_show() -> None:
         assert tracesock.load(str(path)).complete
         code, out, err = _cli("show", str(path))
         assert (code, err) == (0, "") and out
+
+
+# -- entropy that cannot be given back ------------------------------------------------------
+
+
+def _entropy_trace(tmp_path: Path) -> tuple[list[dict[str, object]], Path]:
+    """A trace with entropy: the header's fields and one os.urandom(4) record; and a
+    script that asks for those 4 bytes."""
+    path = tmp_path / "entropy.jsonl"
+    with tracesock.trace(str(path)):
+        os.urandom(4)
+    script = tmp_path / "asks.py"
+    script.write_text("import os\nprint(os.urandom(4).hex())\n")
+    return [json.loads(line) for line in path.read_text().splitlines()], script
+
+
+def _damaged(records: list[dict[str, object]], path: Path) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def _header_random(**fields: object) -> object:
+    def damage(recs: list[dict[str, object]]) -> None:
+        entropy = recs[0]["entropy"]
+        assert isinstance(entropy, dict)
+        entropy["random"] = {**entropy["random"], **fields}
+    return damage
+
+
+def _header(**fields: object) -> object:
+    def damage(recs: list[dict[str, object]]) -> None:
+        entropy = recs[0]["entropy"]
+        assert isinstance(entropy, dict)
+        entropy.update(fields)
+    return damage
+
+
+def _urandom_data(data: str) -> object:
+    def damage(recs: list[dict[str, object]]) -> None:
+        [rec] = [r for r in recs if r["type"] == "entropy"]
+        rec["data"] = data
+    return damage
+
+
+BAD_ENTROPY = {
+    "words not base64": (_header_random(words="@@@@"), ":1: header 'entropy'"),
+    "words too short": (_header_random(words="AAAA"), ":1: header 'entropy'"),
+    "words a number": (_header_random(words=5), ":1: header 'entropy'"),
+    "no version": (_header_random(version=None), ":1: header 'entropy'"),
+    "pid a string": (_header(pid="12"), ":1: header 'entropy': 'pid'"),
+    "ppid a float": (_header(ppid=1.5), ":1: header 'entropy': 'ppid'"),
+    "data not base64": (_urandom_data("@@@"), ":2: entropy record"),
+    "data too short": (_urandom_data("AAAA"), ":2: entropy record"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ENTROPY)
+def test_bad_entropy_is_one_line_naming_file_and_line(case: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the replayed script sets path[0]
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # and argv, as python would
+    damage, where = BAD_ENTROPY[case]
+    records, script = _entropy_trace(tmp_path)
+    damage(records)  # type: ignore[operator]
+    path = _damaged(records, tmp_path / "bad.jsonl")
+    code, _, err = _cli("replay", path, str(script))
+    _check_cli(code, err)
+    assert code == 2 and f"{path}{where}" in err, err
+    with pytest.raises(tracesock.TraceFormatError, match=re.escape(f"{path}{where}")), \
+            tracesock.replay(path):
+        os.urandom(4)
+    gc.collect()  # a cassette left open warns (ResourceWarning: an error here) now

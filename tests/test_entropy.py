@@ -65,7 +65,7 @@ CLIENT = textwrap.dedent("""
     import tracesock
 
     mode, trace, url = sys.argv[1:4]
-    block = tracesock.trace(trace) if mode == "record" else tracesock.replay(trace)
+    block = tracesock.trace(trace) if mode == "record" else tracesock.replay(trace, pids=True)
     with block:
         r = requests.post(url, files={"f": ("a.txt", b"hello")}, data={"k": "v"},
                           timeout=10)
@@ -315,7 +315,7 @@ FAMILY_PROGRAM = textwrap.dedent("""
     if __name__ == "__main__":
         mode, trace, port, folder = sys.argv[1:5]
         block = tracesock.trace(trace, follow_children=True) if mode == "record" \\
-            else tracesock.replay(trace, follow_children=True)
+            else tracesock.replay(trace, follow_children=True, pids=True)
         with block:
             srv = Forking(("127.0.0.1", int(port)), Handler)
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
@@ -442,3 +442,152 @@ def test_a_fork_beyond_the_recorded_ones_gets_real_values(tmp_path: Path) -> Non
     state = random.getstate()
     assert _forked_values(1) != recorded  # after the block: nothing replayed
     assert random.getstate() == state
+
+
+CAPTURE_PROGRAM = textwrap.dedent("""
+    import socket, sys, threading, time
+    import tracesock
+
+    mode, trace, pcap = sys.argv[1:]
+
+    def echo(server):
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(100):
+                conn.sendall(data)
+
+    server = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=echo, args=(server,), daemon=True).start()
+    if mode == "record":
+        block = tracesock.trace(trace, capture=pcap, capture_required=True,
+                                wall_clock=True)
+    else:
+        block = tracesock.replay(trace)
+    with block:
+        with socket.create_connection(server.getsockname()) as c:
+            for _ in range(3):  # segments for the sniffer to stamp
+                c.sendall(b"ping")
+                assert c.recv(100) == b"ping"
+        print(repr(time.time()))
+""")
+
+
+def test_the_capture_threads_clock_is_not_the_programs(tmp_path: Path) -> None:
+    script = tmp_path / "captured.py"
+    script.write_text(CAPTURE_PROGRAM)
+    trace = tmp_path / "captured.jsonl"
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, str(script), mode, str(trace),
+                               str(tmp_path / "captured.pcapng")], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if "CAP_NET_RAW" in done.stderr:
+            pytest.skip("capture needs root or CAP_NET_RAW")
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    recorded = run("record")
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    clock = [r for r in records if r["type"] == "entropy" and r["fn"] == "time"]
+    assert [r["value"] for r in clock] == [float(recorded)]  # the program's one only
+    time.sleep(0.01)
+    assert run("replay") == recorded
+
+
+BAD_CALLS: list[tuple[str, tuple[object, ...], dict[str, object]]] = [
+    ("urandom", (-1,), {}), ("urandom", ("x",), {}), ("urandom", (), {"size": 3}),
+    ("urandom", (), {}), ("urandom", (1, 2), {}),
+]
+if hasattr(os, "getrandom"):
+    BAD_CALLS += [("getrandom", (-1,), {}), ("getrandom", ("x",), {}),
+                  ("getrandom", (3, "a"), {}), ("getrandom", (), {"flags": 0}),
+                  ("getrandom", (3,), {"flags": 0, "x": 1})]
+
+
+def _failures() -> list[str]:
+    out = []
+    for fn, args, kwargs in BAD_CALLS:
+        try:
+            getattr(os, fn)(*args, **kwargs)
+        except (TypeError, ValueError, OSError) as exc:  # getrandom(-1): EINVAL
+            out.append(f"{type(exc).__name__}: {exc}")
+        else:
+            out.append("no error")
+    return out
+
+
+def test_calls_that_raise_raise_as_the_real_ones_and_use_no_record(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.jsonl")
+    real = _failures()
+    assert "no error" not in real
+    with tracesock.trace(path):
+        assert _failures() == real
+        recorded = os.urandom(4), os.urandom(True)  # an index: its size is 1
+    with tracesock.replay(path):  # no ReplayMismatch: the failed calls took no record
+        assert _failures() == real
+        assert (os.urandom(4), os.urandom(True)) == recorded
+    sizes = [json.loads(line).get("size") for line in Path(path).read_text().splitlines()]
+    assert [s for s in sizes if s is not None] == [4, 1]
+
+
+def _child_sees() -> tuple[int, int]:
+    """(os.getpid(), a forked child's os.getppid())."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, str(os.getppid()).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        seen = int(f.read())
+    os.waitpid(child, 0)
+    return os.getpid(), seen
+
+
+@pytest.mark.parametrize("pids", [False, True])
+def test_a_forked_childs_parent_is_its_parents_pid(tmp_path: Path, pids: bool) -> None:
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path)):
+        pass
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0]["entropy"]["pid"] = 1 << 22  # another process: no real pid is that
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with tracesock.replay(str(path), pids=pids):
+        parent, seen = _child_sees()
+        assert parent == (1 << 22 if pids else ORIGINAL_GETPID())
+        assert seen == parent
+
+
+def _nothing() -> None:
+    pass
+
+
+def test_a_process_made_before_the_block_starts_and_joins_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path)):
+        pass
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0]["entropy"]["pid"] = 1 << 22  # recorded in another process
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=_nothing)
+    with tracesock.replay(str(path)):  # it checks os.getpid() against its maker's
+        proc.start()
+        proc.join()
+    assert proc.exitcode == 0
+
+
+def test_a_random_state_record_left_in_a_trace_is_passed_over(tmp_path: Path) -> None:
+    """A forked child's file writes down random's state after the fork (no thread);
+    the merge moves it, but a trace that still holds one replays."""
+    path = tmp_path / "t.jsonl"
+    with tracesock.trace(str(path)):
+        recorded = os.urandom(4)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    extra = {"type": "entropy", "fn": "random", "state": header["entropy"]["random"],
+             "after": 0}
+    path.write_text("\n".join([lines[0], json.dumps(extra), *lines[1:]]) + "\n")
+    with tracesock.replay(str(path)):
+        assert os.urandom(4) == recorded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,30 @@ def test_bad():
     bad.stdout.fnmatch_lines(["*unknown keyword(s) speed*"])
 
 
+def test_marker_pids_gives_back_the_recorded_pid(pytester: pytest.Pytester) -> None:
+    """``pids=True`` goes to replay(): the recorded pid comes back (the recording is
+    edited to hold another one), and recording takes no such option."""
+    pytester.makepyfile(test_pid='''
+import os
+import pytest
+
+@pytest.mark.tracesock("captures/pid.jsonl", pids=True)
+def test_pid(tracesock):
+    print("PID", os.getpid())
+''')
+    pytester.runpytest_subprocess(*_plugin_args(), "-s").assert_outcomes(passed=1)
+    trace = pytester.path / "captures" / "pid.jsonl"
+    lines = trace.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["entropy"]["pid"] = 1 << 22
+    trace.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    # Processes of their own: a pid that changes mid-life misleads what kept the old one
+    # (why pids=False is the default), here the outer pytest's.
+    replayed = pytester.runpytest_subprocess(*_plugin_args(), "-s")
+    replayed.assert_outcomes(passed=1)
+    replayed.stdout.fnmatch_lines([f"*PID {1 << 22}*"])
+
+
 def test_plugin_imports_cheaply(pytester: pytest.Pytester) -> None:
     code = ("import sys, tracesock.plugin\n"
             "bad = [m for m in ('hypothesis', 'scapy') if m in sys.modules]\n"
@@ -241,3 +266,4 @@ def test_marker_ignore_and_entropy(pytester: pytest.Pytester) -> None:
     bad = pytester.path / "test_fetch.py"
     bad.write_text(bad.read_text().replace(', ignore=[r"t=\\d+"]', ""))
     run(pytester).assert_outcomes(failed=1)  # without ignore: the timestamp differs
+

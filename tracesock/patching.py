@@ -31,6 +31,7 @@ from __future__ import annotations
 import copyreg
 import datetime
 import json
+import operator
 import os
 import random
 import socket
@@ -78,6 +79,32 @@ ENTROPY_SOURCES: dict[str, tuple[tuple[Any, str], ...]] = {
     "time": ((time, "time"),),
     "time_ns": ((time, "time_ns"),),
 }
+
+
+def urandom_size(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None:
+    """The size of a call ``os.urandom(*args, **kwargs)`` that can succeed, or None: the
+    stand-ins then call the real function, which raises what it raises (nothing to write
+    down or give back: the program got no bytes)."""
+    if kwargs or len(args) != 1:
+        return None
+    try:
+        size = operator.index(args[0])
+    except TypeError:
+        return None
+    return size if size >= 0 else None
+
+
+def getrandom_args(args: tuple[Any, ...],
+                   kwargs: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(size, flags)`` of a call ``os.getrandom(*args, **kwargs)`` that can succeed, or
+    None (as :func:`urandom_size`)."""
+    def bind(size: Any, flags: Any = 0) -> tuple[Any, Any]:
+        return size, flags
+    try:
+        size, flags = (operator.index(a) for a in bind(*args, **kwargs))
+    except TypeError:
+        return None
+    return (size, flags) if size >= 0 else None
 
 
 @contextmanager

@@ -13,7 +13,7 @@ The marker (or requesting the ``tracesock`` fixture) runs the test inside
 
 Paths are relative to the test file's directory; without one the recording is
 ``captures/<test module>/<test name>.jsonl`` there. Marker keywords ``check``,
-``realtime`` and ``ignore`` go to ``replay()``, ``wall_clock`` to ``trace()``,
+``realtime``, ``ignore`` and ``pids`` go to ``replay()``, ``wall_clock`` to ``trace()``,
 ``follow_children`` and ``entropy`` to both. While replaying, nothing reaches the
 network: a socket that matches no recorded one fails the test with a ReplayError naming
 what was asked and what the recording holds. A recording made by a test that failed is deleted, so
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 MODES = ("once", "none", "all")
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _MARKER = ("tracesock(path=None, *, check='concat', realtime=False, follow_children=False, "
-           "ignore=(), entropy=True, wall_clock=False): "
+           "ignore=(), entropy=True, wall_clock=False, pids=False): "
            "record this test's sockets into the JSONL trace at path (relative to the test "
            "file) or replay them from it, as --tracesock-mode says; with follow_children, "
            "those of the Python child processes too")
@@ -103,11 +103,11 @@ def tracesock(request: pytest.FixtureRequest) -> Iterator[TracesockRun]:
     options = dict(marker.kwargs) if marker else {}
     path = _recording_path(request, args[0] if args else options.pop("path", None))
     unknown = set(options) - {"check", "realtime", "follow_children", "ignore", "entropy",
-                              "wall_clock"}
+                              "wall_clock", "pids"}
     if unknown:
         pytest.fail(f"tracesock marker: unknown keyword(s) {', '.join(sorted(unknown))} "
                     "(known: path, check, realtime, follow_children, ignore, entropy, "
-                    "wall_clock)", pytrace=False)
+                    "wall_clock, pids)", pytrace=False)
     mode = request.config.getoption("tracesock_mode") or request.config.getini("tracesock_mode")
     if mode not in MODES:
         pytest.fail(f"tracesock_mode must be one of {', '.join(MODES)}, not {mode!r}",

@@ -148,6 +148,10 @@ class CaptureSession:
         self._socket: Any = None
         self._linktype = 1  # Ethernet, which loopback also uses
         self.stats: CaptureStats | None = None
+        # The idents of the threads this session runs (the sniffer's): they are
+        # tracesock's, not the program's, so recording skips what they ask of the
+        # clock (scapy stamps every packet with time.time()).
+        self.threads: set[int] = set()
 
     # -- starting -----------------------------------------------------------------------
 
@@ -223,12 +227,17 @@ class CaptureSession:
 
         ready = threading.Event()
         frames = self._frames
+        threads = self.threads
+
+        def started() -> None:  # in the sniffer thread, before it reads a packet
+            threads.add(threading.get_ident())
+            ready.set()
 
         def keep(pkt: Any) -> None:
             frames.append((float(pkt.time), bytes(pkt.load)))
 
         sniffer = AsyncSniffer(opened_socket=sock, store=False, prn=keep,
-                               started_callback=ready.set)
+                               started_callback=started)
         sniffer.start()
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.wait(0.01):

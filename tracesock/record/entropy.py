@@ -20,7 +20,9 @@ was recorded, not one seeded then from the kernel, unseen.) Only the process tha
 started the trace records, unless the trace follows child processes: then a forked child
 records into its own file (its threads numbered afresh, the forking one first), and an
 exec'd child records as a process of its own (children.py); the merge keeps each
-process's records with its ``pid`` (trace/merge.py).
+process's records with its ``pid`` (trace/merge.py). The threads tracesock runs itself
+(the capture's sniffer, which stamps every packet with ``time.time()``) are not the
+program's: their calls get real values and are not written down.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+from ..patching import getrandom_args, urandom_size
 from .recorder import Recorder
 
 _urandom = os.urandom
@@ -63,8 +66,9 @@ class EntropyRecorder:
     """The functions swapped in for the block, writing into ``recorder``."""
 
     def __init__(self, recorder: Recorder, *, clock: bool = False,
-                 follow: bool = False) -> None:
+                 follow: bool = False, own_threads: Collection[int] = ()) -> None:
         self._rec = recorder
+        self._own = own_threads  # tracesock's threads (the sniffer's): never written down
         self._pid = _getpid()
         self._local = threading.local()
         self._next_thread = 0
@@ -84,13 +88,14 @@ class EntropyRecorder:
         child (its at-fork hook, which ran before this one). The merge moves it into the
         child's ``processes`` entry (trace/merge.py)."""
         self._pid = _getpid()
+        self._own = ()  # none of tracesock's threads here; a new one may reuse an ident
         self._local = threading.local()
         self._next_thread = 0
         self._lock = threading.Lock()
         self._rec.note({"type": "entropy", "fn": "random", "state": random_state()})
 
     def _note(self, fn: str, fields: dict[str, Any]) -> None:
-        if _getpid() != self._pid:
+        if _getpid() != self._pid or threading.get_ident() in self._own:
             return
         thread = getattr(self._local, "thread", None)
         if thread is None:  # a thread's first call (a thread-local: idents are reused)
@@ -99,15 +104,21 @@ class EntropyRecorder:
                 self._next_thread += 1
         self._rec.note({"type": "entropy", "thread": thread, "fn": fn, **fields})
 
-    def urandom(self, size: int, /) -> bytes:
+    def urandom(self, *args: Any, **kwargs: Any) -> bytes:
+        size = urandom_size(args, kwargs)
+        if size is None:  # what the real one raises, as it raises it: no bytes given
+            return _urandom(*args, **kwargs)
         data = _urandom(size)
         self._note("urandom", {"size": size, "data": _b64(data)})
         return data
 
-    def getrandom(self, size: int, flags: int = 0) -> bytes:
+    def getrandom(self, *args: Any, **kwargs: Any) -> bytes:
         assert _getrandom is not None
-        data = _getrandom(size, flags)
-        self._note("getrandom", {"size": size, "data": _b64(data)})
+        call = getrandom_args(args, kwargs)
+        if call is None:
+            return _getrandom(*args, **kwargs)
+        data = _getrandom(*call)
+        self._note("getrandom", {"size": call[0], "data": _b64(data)})
         return data
 
     def time(self) -> float:

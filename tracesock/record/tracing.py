@@ -103,8 +103,9 @@ def trace(
         raise
     body_failed = False
     try:
-        inputs = EntropyRecorder(recorder, clock=wall_clock, follow=follow_children).functions \
-            if entropy else {}
+        own = session.threads if session is not None else ()
+        inputs = EntropyRecorder(recorder, clock=wall_clock, follow=follow_children,
+                                 own_threads=own).functions if entropy else {}
         with recording(recorder, keylog=keylog) as cls, entropy_replaced(inputs), \
                 (follow.environment() if follow is not None else nullcontext()):
             try:

@@ -232,6 +232,10 @@ class Cassette:
                 return TraceFormatError(f"{where}: a trace line must be a JSON object")
             if "type" not in rec:
                 return TraceFormatError(f"{where}: record has no 'type' field")
+            if rec["type"] == "entropy" and self.entropy is not None:
+                problem = self.entropy.problem(rec)
+                if problem is not None:
+                    return TraceFormatError(f"{where}: {problem}")
             if rec["type"] != "call":
                 continue
             try:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ReplayError, TracesockError
 from ..patching import program_argv
@@ -50,7 +50,10 @@ def start_replay_in_child() -> None:
         stack.enter_context(_refusing(trace, str(exc)))  # never the network instead
     else:
         os.environ[REPLAY_ENV] = json.dumps({**config, "as": me})  # for its own children
-        stack.enter_context(replay(trace, process=me, **config["options"]))
+        # Its own pid: all its life is replayed; its parent's, if the parent gives its own.
+        options = dict(config["options"])
+        pids: bool | Literal["self"] = True if options.pop("pids", True) else "self"
+        stack.enter_context(replay(trace, process=me, pids=pids, **options))
     atexit.register(_finish_child, stack, state, me)
     hook = sys.excepthook
 

@@ -6,7 +6,12 @@ recorded with ``wall_clock=True``) as ``entropy`` records, each naming its threa
 the order of that thread's first such call. While replaying, patching.py swaps in the
 functions here: the n-th thread to ask gets the recorded values of the n-th recorded
 thread, in order. ``random``'s global generator is set to its recorded state when the
-block starts, and ``os.getpid()``/``os.getppid()`` answer the recorded ids.
+block starts. ``os.getpid()``/``os.getppid()`` answer the recorded ids only where the
+replay covers the process's whole life (``pids=True``: the CLI, followed children, and
+forked children of the block): objects made before the block keep the real pid and
+compare it (multiprocessing, fork-detecting pools), so a block that starts mid-life
+leaves them real. A forked child's ``getppid()`` is its parent's ``getpid()`` answer,
+as long as that parent is its real parent.
 
 In a trace that followed child processes every record carries its process's ``pid``,
 and each process's header fields are in its ``processes`` entry (trace/merge.py). A
@@ -37,8 +42,10 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, TypeGuard
 
+from ..errors import TraceFormatError
+from ..patching import getrandom_args, urandom_size
 from .cassette import Cassette
 
 _urandom = os.urandom
@@ -47,23 +54,85 @@ _getpid = os.getpid
 _getppid = os.getppid
 _time = time.time
 _time_ns = time.time_ns
+_STATE_WORDS = 625  # random.getstate()'s: the Mersenne Twister's 624 and its position
 
 
-def restore_random(state: Mapping[str, Any]) -> None:
-    """Set ``random``'s global generator to a recorded state (record/entropy.py)."""
-    raw = binascii.a2b_base64(state["words"])
-    words = struct.unpack(f"<{len(raw) // 4}I", raw)
-    random.setstate((state["version"], words, state["gauss"]))
+def restore_random(state: tuple[Any, ...]) -> None:
+    """Set ``random``'s global generator to a state :func:`checked_fields` made."""
+    random.setstate(state)
 
 
-def recorded_fields(header: Mapping[str, Any], pid: int | None) -> dict[str, Any] | None:
+def random_state(where: str, state: Any) -> tuple[Any, ...]:
+    """The ``random.setstate`` argument of a recorded state (record/entropy.py), checked;
+    TraceFormatError naming ``where`` when it is not one."""
+    if not isinstance(state, dict):
+        raise TraceFormatError(f"{where}: 'random' must be an object")
+    version, words, gauss = state.get("version"), state.get("words"), state.get("gauss")
+    if not _is_int(version):
+        raise TraceFormatError(f"{where}: 'random.version' must be an integer")
+    if gauss is not None and (isinstance(gauss, bool) or not isinstance(gauss, (int, float))):
+        raise TraceFormatError(f"{where}: 'random.gauss' must be a number or null")
+    raw = _decode(words)
+    if raw is None or len(raw) != _STATE_WORDS * 4:
+        raise TraceFormatError(f"{where}: 'random.words' must be the base64 of "
+                               f"{_STATE_WORDS} 32-bit words")
+    mt = struct.unpack(f"<{_STATE_WORDS}I", raw)
+    if version != 3 or mt[-1] > _STATE_WORDS - 1:  # what random.setstate takes
+        raise TraceFormatError(f"{where}: 'random' is not a version 3 generator state")
+    return (version, mt, gauss)
+
+
+def checked_fields(where: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A header ``entropy`` field (record/entropy.py) with its types checked (as in
+    trace/schema.json) and its ``random`` state made ready for ``random.setstate``."""
+    out = dict(fields)
+    for key in ("pid", "ppid"):
+        if key in out and out[key] is not None and not _is_int(out[key]):
+            raise TraceFormatError(f"{where}: {key!r} must be an integer, not "
+                                   f"{out[key]!r}")
+    if "clock" in out and not isinstance(out["clock"], bool):
+        raise TraceFormatError(f"{where}: 'clock' must be true or false")
+    if "random" in out:
+        out["random"] = random_state(where, out["random"])
+    return out
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decode(text: Any) -> bytes | None:
+    """Strict base64, or None (a lenient decoder skips what is not base64)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def recorded_fields(path: str, header: Mapping[str, Any],
+                    pid: int | None) -> dict[str, Any] | None:
     """The header ``entropy`` fields of recorded process ``pid`` (its ``processes`` entry's
-    in a trace that followed children), or None: recorded without entropy."""
+    in a trace that followed children), checked, or None: recorded without entropy."""
     found: Any = header.get("entropy")
     for p in header.get("processes") or ():
-        if p.get("pid") == pid:
+        if isinstance(p, dict) and p.get("pid") == pid:
             found = p.get("entropy")
-    return found if isinstance(found, dict) else None
+    if not isinstance(found, dict):
+        return None
+    return checked_fields(f"{path}:1: header 'entropy'", found)
+
+
+def checked_processes(path: str, processes: Any) -> list[dict[str, Any]]:
+    """A header's ``processes`` entries (trace/merge.py), their ``entropy`` checked."""
+    out = []
+    for p in processes if isinstance(processes, list) else ():
+        if isinstance(p, dict) and isinstance(p.get("entropy"), dict):
+            where = f"{path}:1: header 'processes' entry of pid {p.get('pid')}: 'entropy'"
+            p = {**p, "entropy": checked_fields(where, p["entropy"])}
+        out.append(p)
+    return out
 
 
 class EntropyReplay:
@@ -72,11 +141,19 @@ class EntropyReplay:
 
     def __init__(self, cassette: Cassette, recorded: Mapping[str, Any],
                  processes: Iterable[Mapping[str, Any]] = (),
-                 process: int | None = None) -> None:
+                 process: int | None = None, *,
+                 pids: bool | Literal["self"] = False) -> None:
         self._cas = cassette
-        self._pid = _getpid()
-        self._recorded_pid = recorded.get("pid")
-        self._recorded_ppid = recorded.get("ppid")
+        self._pid = _getpid()  # the process whose recorded values this one gives (or -1)
+        # What os.getpid()/getppid() answer: in process _me, _shown (None: the real pid),
+        # and while its real parent is _parent[0], _parent[1] (what the parent's answer).
+        self._me = self._pid
+        self._shown: int | None = None
+        self._parent: tuple[int, int] | None = None
+        if pids and isinstance(recorded.get("pid"), int):
+            self._shown = recorded["pid"]
+            if pids is True and isinstance(recorded.get("ppid"), int):
+                self._parent = (_getppid(), recorded["ppid"])
         self._processes = list(processes)
         self._as = process if self._processes else None  # the pid its records carry
         self._forks = 0
@@ -97,12 +174,44 @@ class EntropyReplay:
                             after_in_child=lambda: _fork(ref, child=True))
 
     def file(self, rec: dict[str, Any]) -> None:
-        """One entropy record, read from the trace (the cassette's filing loop)."""
+        """One entropy record, read from the trace (the cassette's filing loop), its
+        value checked and decoded (TraceFormatError: the cassette names the line)."""
+        problem = self.problem(rec)
+        if problem is not None:
+            raise TraceFormatError(problem)
+        if "thread" not in rec:  # a forked child's random, not merged: nobody asks for it
+            return
         key = (rec.get("pid"), rec["thread"])
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
         queue.append(rec)
+
+    @staticmethod
+    def problem(rec: dict[str, Any]) -> str | None:
+        """What is wrong with an entropy record, or None; decodes its ``data`` into
+        ``rec["bytes"]``. A record of a process's ``random`` after a fork (``fn``
+        ``random``, no thread) is the merge's business and is left alone."""
+        fn = rec.get("fn")
+        if fn == "random" and "thread" not in rec:
+            return None
+        if not _is_int(rec.get("thread")):
+            return "entropy record: 'thread' must be an integer"
+        if fn in ("urandom", "getrandom"):
+            size, data = rec.get("size"), _decode(rec.get("data"))
+            if not _is_int(size) or size < 0:
+                return f"entropy record: os.{fn}'s 'size' must be an integer >= 0"
+            if data is None or len(data) != size:
+                return (f"entropy record: os.{fn}({size})'s 'data' must be the base64 of "
+                        f"{size} bytes")
+            rec["bytes"] = data
+        elif fn in ("time", "time_ns"):
+            value = rec.get("value")
+            if isinstance(value, bool) or not isinstance(
+                    value, int if fn == "time_ns" else (int, float)):
+                return f"entropy record: time.{fn}'s 'value' must be " \
+                    f"{'an integer' if fn == 'time_ns' else 'a number'}"
+        return None  # another fn: a call asking for it finds no such record
 
     def forked(self, child: bool) -> None:
         """After ``os.fork``: the parent counts it; the child stands for the recorded
@@ -115,6 +224,10 @@ class EntropyReplay:
                 self._forks += 1
             return
         rank, self._forks = self._forks, 0
+        real_parent = _getppid()  # the child's parent is the parent's os.getpid()
+        shown = self._shown if self._shown is not None and real_parent == self._me \
+            else real_parent
+        self._me, self._shown, self._parent = _getpid(), None, (real_parent, shown)
         self._local = threading.local()
         self._next_thread = 0
         self._diverged = set()
@@ -127,10 +240,11 @@ class EntropyReplay:
             self._pid, self._as = -1, None  # nobody's recording: real values, and so
             return                          # for the forks it makes
         self._pid = _getpid()
-        self._as = self._recorded_pid = kids[rank]["pid"]
-        self._recorded_ppid = kids[rank].get("ppid")
+        self._as = kids[rank]["pid"]
+        if isinstance(self._as, int) and self._as != shown:  # its life is all replayed
+            self._shown = self._as
         seeded = (kids[rank].get("entropy") or {}).get("random")
-        if isinstance(seeded, dict):  # random reseeded itself in the fork (its own hook)
+        if seeded is not None:  # random reseeded itself in the fork (its own hook)
             restore_random(seeded)
 
     def _recorded(self, fn: str, size: int | None) -> dict[str, Any] | None:
@@ -147,8 +261,12 @@ class EntropyReplay:
                 return None
             key = (self._as, thread)
             queue = self._queues.get(key)
-            while not queue and cas.pull():
-                queue = self._queues.get(key)
+            try:
+                while not queue and cas.pull():
+                    queue = self._queues.get(key)
+            except TraceFormatError as exc:  # raised at the end too, if the code catches it
+                cas.errors.append(exc)
+                raise
             asked = f"os.{fn}({size})" if size is not None else f"time.{fn}()"
             if not queue:
                 self._diverge(thread, f"the code asked {asked} where the recording had no "
@@ -169,14 +287,20 @@ class EntropyReplay:
         self.mismatches.append(f"{self._cas.path}: {what} (thread {thread}; it got fresh "
                                "values from then on)")
 
-    def urandom(self, size: int, /) -> bytes:
+    def urandom(self, *args: Any, **kwargs: Any) -> bytes:
+        size = urandom_size(args, kwargs)
+        if size is None:  # raises as the real one does; the recording has no such call
+            return _urandom(*args, **kwargs)
         rec = self._recorded("urandom", size)
-        return _urandom(size) if rec is None else binascii.a2b_base64(rec["data"])
+        return _urandom(size) if rec is None else bytes(rec["bytes"])
 
-    def getrandom(self, size: int, flags: int = 0) -> bytes:
+    def getrandom(self, *args: Any, **kwargs: Any) -> bytes:
         assert _getrandom is not None
-        rec = self._recorded("getrandom", size)
-        return _getrandom(size, flags) if rec is None else binascii.a2b_base64(rec["data"])
+        call = getrandom_args(args, kwargs)
+        if call is None:
+            return _getrandom(*args, **kwargs)
+        rec = self._recorded("getrandom", call[0])
+        return _getrandom(*call) if rec is None else bytes(rec["bytes"])
 
     def time(self) -> float:
         rec = self._recorded("time", None)
@@ -188,12 +312,13 @@ class EntropyReplay:
 
     def getpid(self) -> int:
         pid = _getpid()
-        return self._recorded_pid if pid == self._pid and self._recorded_pid else pid
+        return self._shown if self._shown is not None and pid == self._me else pid
 
     def getppid(self) -> int:
-        ppid = _getppid()
-        return self._recorded_ppid if _getpid() == self._pid and self._recorded_ppid \
-            else ppid
+        ppid, parent = _getppid(), self._parent
+        if parent is not None and ppid == parent[0] and _getpid() == self._me:
+            return parent[1]
+        return ppid
 
 
 def _fork(ref: weakref.ref[EntropyReplay], *, child: bool) -> None:

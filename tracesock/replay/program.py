@@ -77,9 +77,10 @@ def run_replayed(args: argparse.Namespace) -> int:
         raise UsageError(f"replay: cannot open trace {args.trace!r}")
     status, started = 0, False
     try:
+        # pids=True: the whole script runs inside the replay, as it ran inside the trace
         with replay(args.trace, check=args.check, ignore=args.ignore, entropy=args.entropy,
                     realtime=args.realtime, follow_children=args.follow_children,
-                    process=args.process) as rp:
+                    process=args.process, pids=True) as rp:
             started = True
             try:
                 _run(script, args.module, prog_args)

@@ -15,13 +15,13 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ReplayError, ReplayMismatch
 from ..patching import classes_replaced, entropy_replaced
 from .cassette import Cassette
 from .children import ReplayingChildren
-from .entropy import EntropyReplay, recorded_fields, restore_random
+from .entropy import EntropyReplay, checked_processes, recorded_fields, restore_random
 from .sockets import ReplaySocket, speed_factor
 from .tls import ReplaySSLObject, ReplaySSLSocket
 
@@ -101,6 +101,7 @@ def replay(
     process: int | None = None,
     entropy: bool = True,
     ignore: Iterable[str | bytes] = (),
+    pids: bool | Literal["self"] = False,
 ) -> Iterator[Replay]:
     """Run the block against the recording at ``path``, with no network.
 
@@ -121,11 +122,16 @@ def replay(
     With ``entropy=True`` (the default) and a trace that recorded them, the program's
     own nondeterministic inputs are given back (entropy.py): ``os.urandom`` and
     ``os.getrandom`` per thread in the recorded order (so ``secrets``, ``uuid4``,
-    multipart boundaries...), ``os.getpid``/``getppid``, ``random``'s state at the start,
+    multipart boundaries...), ``random``'s state at the start,
     and ``time.time``/``time_ns`` (so ``datetime.now()``) if they were recorded; in a
     trace that followed child processes, each replayed process its own process's
     (forked children: the recorded fork of the same rank). Code that asks for something
     else gets fresh values and the replay ends with a ReplayMismatch saying so.
+    ``pids=True`` gives back the recorded ``os.getpid()``/``getppid()`` too: only right
+    when nothing made before the block kept the real pid (``multiprocessing.Process``,
+    fork-checking pools; docs/replay.md). Forked children of the block get their
+    recorded fork's pid either way, and their ``getppid()`` is the parent's ``getpid()``.
+    (``"self"``: the recorded pid, the real ppid: an exec'd child's, children.py.)
 
     ``ignore=[regex, ...]`` (str or bytes patterns) blanks the matches out of what the
     code sends and of what the recording sent before they are compared (request ids,
@@ -137,16 +143,21 @@ def replay(
     speed = speed_factor(realtime)
     cas = Cassette.open(name, process=process, check=check, speed=speed, clock=clock,
                         sleep=sleep, ignore=list(ignore))
-    cls = ReplaySocket.bound_to(cas, stand_in=True)
-    recorded = recorded_fields(cas.header_extra, cas.pid) if entropy else None
-    inputs = None
-    if recorded is not None:  # a trace recorded with entropy (record/entropy.py)
-        inputs = EntropyReplay(cas, recorded, cas.header_extra.get("processes") or (),
-                               cas.pid)
-        if isinstance(recorded.get("random"), dict):
-            restore_random(recorded["random"])
-    kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False}) \
-        if follow_children else None
+    try:  # a trace whose entropy cannot be given back: the file is not left open
+        cls = ReplaySocket.bound_to(cas, stand_in=True)
+        recorded = recorded_fields(name, cas.header_extra, cas.pid) if entropy else None
+        inputs = None
+        if recorded is not None:  # a trace recorded with entropy (record/entropy.py)
+            processes = checked_processes(name, cas.header_extra.get("processes"))
+            inputs = EntropyReplay(cas, recorded, processes, cas.pid, pids=pids)
+            if recorded.get("random") is not None:
+                restore_random(recorded["random"])
+        kids = ReplayingChildren(name, cas.pid, {"check": check, "realtime": speed or False,
+                                                    "pids": pids is True}) \
+            if follow_children else None
+    except BaseException:
+        cas.close()
+        raise
     try:
         with replacing(cls, getaddrinfo=_Resolver(cas, socket.getaddrinfo)), \
                 entropy_replaced(inputs.functions if inputs is not None else {}), \

@@ -184,7 +184,7 @@ def test_pid(tracesock):
     header["entropy"]["pid"] = 1 << 22
     trace.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     # Processes of their own: a pid that changes mid-life misleads what kept the old one
-    # (why pids=False is the default), here the outer pytest's.
+    # (here the outer pytest's).
     replayed = pytester.runpytest_subprocess(*_plugin_args(), "-s")
     replayed.assert_outcomes(passed=1)
     replayed.stdout.fnmatch_lines([f"*PID {1 << 22}*"])

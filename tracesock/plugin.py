@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 MODES = ("once", "none", "all")
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _MARKER = ("tracesock(path=None, *, check='concat', realtime=False, follow_children=False, "
-           "ignore=(), entropy=True, wall_clock=False, pids=False): "
+           "ignore=(), entropy=True, wall_clock=False, pids=True): "
            "record this test's sockets into the JSONL trace at path (relative to the test "
            "file) or replay them from it, as --tracesock-mode says; with follow_children, "
            "those of the Python child processes too")

@@ -101,7 +101,7 @@ def replay(
     process: int | None = None,
     entropy: bool = True,
     ignore: Iterable[str | bytes] = (),
-    pids: bool | Literal["self"] = False,
+    pids: bool | Literal["self"] = True,
 ) -> Iterator[Replay]:
     """Run the block against the recording at ``path``, with no network.
 
@@ -127,9 +127,10 @@ def replay(
     trace that followed child processes, each replayed process its own process's
     (forked children: the recorded fork of the same rank). Code that asks for something
     else gets fresh values and the replay ends with a ReplayMismatch saying so.
-    ``pids=True`` gives back the recorded ``os.getpid()``/``getppid()`` too: only right
-    when nothing made before the block kept the real pid (``multiprocessing.Process``,
-    fork-checking pools; docs/replay.md). Forked children of the block get their
+    The recorded ``os.getpid()``/``getppid()`` come back too (PyMySQL sends its pid);
+    ``pids=False`` keeps the real ones, for code holding objects made before the block
+    that kept the real pid (a ``multiprocessing.Process``, fork-checking pools shared
+    across the block's edge; docs/replay.md). Forked children of the block get their
     recorded fork's pid either way, and their ``getppid()`` is the parent's ``getpid()``.
     (``"self"``: the recorded pid, the real ppid: an exec'd child's, children.py.)
 

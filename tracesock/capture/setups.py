@@ -29,7 +29,6 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import TraceFormatError
 from ..trace import events
 from ..trace.batches import BatchReader
 from ..trace.events import RECV_OPS, SEND_OPS, CallEvent, TraceHeader, call_label
@@ -206,7 +205,6 @@ def scan(path: str, moves: bool, only: Collection[int] | None = None,
     sockets = setups.sockets
     reader = BatchReader(path)
     share = Sharing()  # one "AF_INET", one "SOCK_STREAM"... for all the sockets
-    end = None
     last_seq = -1
     try:
         for lineno, recs in reader.batches():
@@ -230,28 +228,14 @@ def scan(path: str, moves: bool, only: Collection[int] | None = None,
                         s.last_end = float(t) + float(dur)
                         setups.move(s, seq, op in SEND_OPS, n)
                         continue
-                if type(rec) is not dict:
-                    raise TraceFormatError(f"{path}:{lineno + i}: a trace line must be a "
-                                           "JSON object")
-                kind = rec.get("type")
-                if kind != "call":
-                    if kind == "end":
-                        end = rec
-                    elif kind is None:
-                        raise TraceFormatError(f"{path}:{lineno + i}: record has no 'type' "
-                                               "field")
+                ev = reader.checked(lineno + i, rec, last_seq, share)
+                if ev is None:
                     continue
-                ev = event_from_record(path, lineno + i, rec, share)
-                if ev.seq <= last_seq:
-                    raise TraceFormatError(f"{path}:{lineno + i}: seq {ev.seq} does not "
-                                           f"follow {last_seq} (seq must increase strictly)")
                 last_seq = ev.seq
                 setups.add(ev)
     finally:
         reader.close()
-    if end is None:
-        reader.warnings.append(f"{path}: no end record: the traced process did not "
-                               "finish the trace (killed?); the events so far are kept")
+    reader.finished()
     return reader.header, setups, reader.warnings
 
 

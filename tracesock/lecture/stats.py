@@ -23,11 +23,9 @@ from typing import Any
 
 import orjson
 
-from ..errors import TraceFormatError
 from ..trace import events
 from ..trace.batches import BatchReader
 from ..trace.events import RECV_OPS, SEND_OPS, format_addr
-from ..trace.reader import event_from_record
 
 _ADDR_OPS = frozenset({"connect", "connect_ex", "sendto"})
 # Sends and recvs whose sums need nothing but nbytes (sendto names its peer: slow path).
@@ -116,7 +114,6 @@ def scan(path: str, socks: Collection[int] | None = None,
     all_pids: set[int] = set()
     count = 0
     last_seq = -1
-    end: Any = None
     sends, recvs = _MOVES_SEND, _MOVES_RECV
     for lineno, recs in reader.batches():
         for i, rec in enumerate(recs):
@@ -154,30 +151,17 @@ def scan(path: str, socks: Collection[int] | None = None,
                             sums.pids.add(pid)
                             all_pids.add(pid)
                         continue
-            if type(rec) is not dict:
-                raise TraceFormatError(f"{path}:{lineno + i}: a trace line must be a JSON "
-                                       "object")
-            kind = rec.get("type")
-            if kind != "call":
-                if kind == "end":
-                    end = rec
-                elif kind is None:
-                    raise TraceFormatError(f"{path}:{lineno + i}: record has no 'type' field")
+            # Anything else: checked in full, as load() checks it (and fails as it does).
+            ev = reader.checked(lineno + i, rec, last_seq)
+            if ev is None:
                 continue
-            # Any other call: checked in full, as load() checks it (and fails as it does).
-            ev = event_from_record(path, lineno + i, rec)
-            if ev.seq <= last_seq:
-                raise TraceFormatError(f"{path}:{lineno + i}: seq {ev.seq} does not follow "
-                                       f"{last_seq} (seq must increase strictly)")
             last_seq = ev.seq
             _add(per, all_pids, dict(rec, laddr=ev.laddr, raddr=ev.raddr, args=ev.args),
                  socks, pids)
             count += 1
         if progress is not None:
             progress(reader.tell())
-    if end is None:
-        reader.warnings.append(f"{path}: no end record: the traced process did not "
-                               "finish the trace (killed?); the events so far are kept")
+    reader.finished()
     conns = [s.summary(chunk_limit) for s in per.values()]
     if keep_sums:
         conns = [dict(c, _sums=s) for c, s in zip(conns, per.values(), strict=True)]
@@ -185,7 +169,7 @@ def scan(path: str, socks: Collection[int] | None = None,
         count = sum(c["calls"] for c in conns)
     return {
         "trace": path,
-        "complete": end is not None,
+        "complete": reader.end is not None,
         "events": count,
         "sockets": len(conns),
         "pids": sorted(all_pids),

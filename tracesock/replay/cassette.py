@@ -148,9 +148,8 @@ class Cassette:
         item = next(self._batches, None)
         if item is None:
             self._eof = True
-            if self._reader is not None and self._reader.end is None:
-                self._reader.warnings.append(f"{self.path}: no end record: the traced "
-                                             "process did not finish the trace (killed?)")
+            if self._reader is not None:
+                self._reader.finished()
             return False
         lineno, batch = item
         try:

@@ -335,23 +335,37 @@ class TraceReader:
                     rec = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
                     raise _fail(path, lineno, f"not valid JSON ({exc})") from None
-                if not isinstance(rec, dict):
-                    raise _fail(path, lineno, "a trace line must be a JSON object")
-                kind = rec.get("type")
-                if kind == "call":
-                    ev = event_from_record(path, lineno, rec, share)
-                    if ev.seq <= last_seq:
-                        raise _fail(path, lineno, f"seq {ev.seq} does not follow {last_seq} "
-                                    "(seq must increase strictly)")
+                ev = self.checked(lineno, rec, last_seq, share)
+                if ev is not None:
                     last_seq = ev.seq
                     yield ev
-                elif kind == "end":
-                    self.end = rec
-                elif kind is None:
-                    raise _fail(path, lineno, "record has no 'type' field")
-                # other record types are newer additions within this version: skipped
+        self.finished()
+
+    def checked(self, lineno: int, rec: Any, last_seq: int,
+                share: Sharing | None = None) -> CallEvent | None:
+        """A parsed line checked as the format says (TraceFormatError naming the line):
+        the CallEvent of a call, whose seq must follow ``last_seq``; None for any other
+        record (the ``end`` one is kept in ``end``; newer record types of this version
+        are skipped). Streaming readers send here what their fast paths do not take."""
+        if not isinstance(rec, dict):
+            raise _fail(self.path, lineno, "a trace line must be a JSON object")
+        kind = rec.get("type")
+        if kind == "call":
+            ev = event_from_record(self.path, lineno, rec, share)
+            if ev.seq <= last_seq:
+                raise _fail(self.path, lineno, f"seq {ev.seq} does not follow {last_seq} "
+                            "(seq must increase strictly)")
+            return ev
+        if kind == "end":
+            self.end = rec
+        elif kind is None:
+            raise _fail(self.path, lineno, "record has no 'type' field")
+        return None
+
+    def finished(self) -> None:
+        """The data has ended: say so when the traced process never wrote its end."""
         if self.end is None:
-            self.warnings.append(f"{path}: no end record: the traced process did not "
+            self.warnings.append(f"{self.path}: no end record: the traced process did not "
                                  "finish the trace (killed?); the events so far are kept")
 
     def _tail(self, f: BinaryIO, lineno: int, line: bytes) -> None:

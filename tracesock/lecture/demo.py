@@ -47,6 +47,7 @@ from .programs import (
     REAL_SOCKET,
     UTF8_CUT,
     Server,
+    TracedBlock,
     chunk_reader,
     chunking_client,
     echo_client,
@@ -66,8 +67,6 @@ Warn = Callable[[str], None]
 
 # -- scenarios -----------------------------------------------------------------------------
 
-
-TracedBlock = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 def _with_server(block: TracedBlock, handle: Callable[[socket.socket], None], *,

@@ -25,12 +25,8 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any
 
-from .programs import HOST, Server, listen_on_loopback
-
-TracedBlock = Callable[[], AbstractContextManager[Any]]
+from .programs import HOST, Server, TracedBlock, listen_on_loopback
 
 BACKLOG = 1
 BACKLOG_CLIENTS = 3

@@ -25,16 +25,12 @@ from .tcpstates import Call, Seg, State, flag_letters, infer_from_calls, track
 StateMap = dict[str, State]
 
 
-def _key(ep: object) -> str:
-    return format_addr(ep)
-
-
 def segment_states(joined: Sequence[JoinedSegment]) -> tuple[dict[int, StateMap], StateMap]:
     """Per segment index, the states of its two endpoints after it; and initial states."""
     groups: dict[frozenset[str], list[int]] = {}
     for i, js in enumerate(joined):
         s = js.segment
-        groups.setdefault(frozenset((_key(s.src), _key(s.dst))), []).append(i)
+        groups.setdefault(frozenset((format_addr(s.src), format_addr(s.dst))), []).append(i)
     out: dict[int, StateMap] = {}
     initial: StateMap = {}
     for idx in groups.values():
@@ -42,11 +38,11 @@ def segment_states(joined: Sequence[JoinedSegment]) -> tuple[dict[int, StateMap]
         if not any(s.is_syn for s in segs):
             continue  # the capture began mid-connection: the states are not known
         syn = next(s for s in segs if s.is_syn)
-        a, b = _key(syn.src), _key(syn.dst)
+        a, b = format_addr(syn.src), format_addr(syn.dst)
         # a listener answers a SYN, or (accept queue full) ignores it; no listener: RST
         listening = any(s.is_synack for s in segs) or not any(
-            s.is_rst and _key(s.src) == b for s in segs)
-        steps = track((Seg(0 if _key(s.src) == a else 1, flag_letters(s.flags), s.seq, s.ack,
+            s.is_rst and format_addr(s.src) == b for s in segs)
+        steps = track((Seg(0 if format_addr(s.src) == a else 1, flag_letters(s.flags), s.seq, s.ack,
                            s.length) for s in segs), initiator=0, listening=listening)
         initial.setdefault(a, State.CLOSED)
         initial.setdefault(b, State.LISTEN if listening else State.CLOSED)

@@ -19,6 +19,9 @@ from typing import Any
 
 from ..errors import TracesockError
 
+# A scenario's traced block: demo.py hands each scenario the trace (and capture) to run in.
+TracedBlock = Callable[[], contextlib.AbstractContextManager[Any]]
+
 HOST = "127.0.0.1"
 ATTEMPTS = 3  # runs of a scenario whose point depends on timing
 JOIN_TIMEOUT = 10.0  # seconds a server thread may take after its client finished

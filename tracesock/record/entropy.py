@@ -27,7 +27,6 @@ program's: their calls get real values and are not written down.
 
 from __future__ import annotations
 
-import binascii
 import os
 import random
 import struct
@@ -38,6 +37,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from ..patching import getrandom_args, urandom_size
+from ..trace.events import encode_data
 from .recorder import Recorder
 
 _urandom = os.urandom
@@ -52,8 +52,7 @@ def random_state() -> dict[str, Any]:
     little-endian, base64, and the cached Gaussian."""
     version, words, gauss = random.getstate()
     return {"version": version, "gauss": gauss,
-            "words": binascii.b2a_base64(struct.pack(f"<{len(words)}I", *words),
-                                         newline=False).decode("ascii")}
+            "words": encode_data(struct.pack(f"<{len(words)}I", *words))}
 
 
 def header_fields(clock: bool) -> dict[str, Any]:
@@ -109,7 +108,7 @@ class EntropyRecorder:
         if size is None:  # what the real one raises, as it raises it: no bytes given
             return _urandom(*args, **kwargs)
         data = _urandom(size)
-        self._note("urandom", {"size": size, "data": _b64(data)})
+        self._note("urandom", {"size": size, "data": encode_data(data)})
         return data
 
     def getrandom(self, *args: Any, **kwargs: Any) -> bytes:
@@ -118,7 +117,7 @@ class EntropyRecorder:
         if call is None:
             return _getrandom(*args, **kwargs)
         data = _getrandom(*call)
-        self._note("getrandom", {"size": call[0], "data": _b64(data)})
+        self._note("getrandom", {"size": call[0], "data": encode_data(data)})
         return data
 
     def time(self) -> float:
@@ -136,7 +135,3 @@ def _forked(ref: weakref.ref[EntropyRecorder]) -> None:
     entropy = ref()
     if entropy is not None:
         entropy.in_forked_child()
-
-
-def _b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")

@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ReplayError, TraceFormatError, UsageError
 from ..trace.batches import BatchReader
 from ..trace.events import RECV_OPS, SEND_OPS, CallEvent, decode_addr, format_addr
-from ..trace.reader import TraceReader, event_from_record
+from ..trace.reader import TraceReader, check_record, event_from_record
 from .children import only_process
 from .ignoring import Ignoring
 from .pairs import gate_if_own_listener
@@ -227,23 +227,16 @@ class Cassette:
         last = self._last_seq
         for i, rec in enumerate(batch):
             where = f"{self.path}:{lineno + i}"
-            if not isinstance(rec, dict):
-                return TraceFormatError(f"{where}: a trace line must be a JSON object")
-            if "type" not in rec:
-                return TraceFormatError(f"{where}: record has no 'type' field")
-            if rec["type"] == "entropy" and self.entropy is not None:
-                problem = self.entropy.problem(rec)
-                if problem is not None:
-                    return TraceFormatError(f"{where}: {problem}")
-            if rec["type"] != "call":
-                continue
             try:
-                ev = event_from_record(self.path, lineno + i, rec)
+                ev = check_record(self.path, lineno + i, rec, last)
             except TraceFormatError as exc:
                 return exc
-            if ev.seq <= last:
-                return TraceFormatError(f"{where}: seq {ev.seq} does not follow {last} (seq "
-                                        "must increase strictly)")
+            if ev is None:
+                if rec["type"] == "entropy" and self.entropy is not None:
+                    problem = self.entropy.problem(rec)
+                    if problem is not None:
+                        return TraceFormatError(f"{where}: {problem}")
+                continue
             last = ev.seq
             err = rec.get("error")
             if err is not None and not isinstance(err.get("type"), str):

@@ -270,6 +270,25 @@ _AS_IS = Sharing()
 _AS_IS.LIMIT = 0  # shares nothing: event_from_record without a reader's Sharing
 
 
+def check_record(path: str, lineno: int, rec: Any, last_seq: int,
+                 share: Sharing | None = None) -> CallEvent | None:
+    """A parsed line of ``path`` checked as the format says (TraceFormatError naming the
+    line): the CallEvent of a call, whose seq must follow ``last_seq``; None for any other
+    record (newer record types of this version are the reader's to skip)."""
+    if not isinstance(rec, dict):
+        raise _fail(path, lineno, "a trace line must be a JSON object")
+    kind = rec.get("type")
+    if kind == "call":
+        ev = event_from_record(path, lineno, rec, share)
+        if ev.seq <= last_seq:
+            raise _fail(path, lineno, f"seq {ev.seq} does not follow {last_seq} "
+                        "(seq must increase strictly)")
+        return ev
+    if kind is None:
+        raise _fail(path, lineno, "record has no 'type' field")
+    return None
+
+
 class TraceReader:
     """Streams a trace's records: the header first, then events one at a time.
 
@@ -347,20 +366,10 @@ class TraceReader:
         the CallEvent of a call, whose seq must follow ``last_seq``; None for any other
         record (the ``end`` one is kept in ``end``; newer record types of this version
         are skipped). Streaming readers send here what their fast paths do not take."""
-        if not isinstance(rec, dict):
-            raise _fail(self.path, lineno, "a trace line must be a JSON object")
-        kind = rec.get("type")
-        if kind == "call":
-            ev = event_from_record(self.path, lineno, rec, share)
-            if ev.seq <= last_seq:
-                raise _fail(self.path, lineno, f"seq {ev.seq} does not follow {last_seq} "
-                            "(seq must increase strictly)")
-            return ev
-        if kind == "end":
+        ev = check_record(self.path, lineno, rec, last_seq, share)
+        if ev is None and rec.get("type") == "end":
             self.end = rec
-        elif kind is None:
-            raise _fail(self.path, lineno, "record has no 'type' field")
-        return None
+        return ev
 
     def finished(self) -> None:
         """The data has ended: say so when the traced process never wrote its end."""
